@@ -1,0 +1,1 @@
+"""selma3d.data"""
