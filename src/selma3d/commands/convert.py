@@ -1,0 +1,31 @@
+"""``selma3d convert SLICES_DIR OUT.zarr``: a TIFF slice folder to chunked OME-Zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("convert")
+    def convert(
+        slices_dir: Path = typer.Argument(..., help="Folder of 2D TIFF slices (one per z), or a NIfTI/Zarr volume."),
+        out: Path = typer.Argument(..., help="Output OME-Zarr store (e.g. brain.zarr)."),
+        chunks: int = typer.Option(64, "--chunks", help="Chunk edge in voxels; memory use is about 2 slabs of this many slices."),
+        spacing: Optional[tuple[float, float, float]] = typer.Option(
+            None, "--spacing", help="Voxel spacing Z Y X in micrometers (default 1 1 1)."),
+        levels: Optional[int] = typer.Option(None, "--levels", help="Maximum number of pyramid levels (level 0 included)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store instead of resuming it."),
+        no_verify: bool = typer.Option(False, "--no-verify", help="Skip the final check that level 0 equals the input."),
+    ) -> None:
+        """Convert a TIFF slice folder to a chunked, compressed OME-Zarr with a multiscale pyramid.
+
+        Resumable: if interrupted, run the same command again to finish only what is missing."""
+        from selma3d.io.zarrstore import convert_to_zarr, open_zarr_volume
+
+        result = convert_to_zarr(slices_dir, out, chunks=chunks, spacing=spacing or (1.0, 1.0, 1.0),
+                                 levels=levels, overwrite=overwrite, verify=not no_verify, progress=True)
+        volume = open_zarr_volume(result)
+        typer.echo(f"wrote {result} (level 0: {'x'.join(map(str, volume.shape))} {volume.dtype})")

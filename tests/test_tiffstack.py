@@ -1,0 +1,164 @@
+"""TiffStack: lazy slice-folder reading, partial reads, and validation of broken folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from selma3d.errors import InputError
+from selma3d.io.tiffstack import TiffStack, natural_key, write_slices
+from selma3d.io.volume import open_volume
+
+SHAPE = (20, 48, 40)
+LAYOUTS = {
+    "uncompressed": {},
+    "zlib-strips": {"compression": "zlib", "rowsperstrip": 8},
+    "zlib-tiles": {"compression": "zlib", "tile": (16, 16)},
+}
+KEYS = [
+    np.s_[...], np.s_[3], np.s_[-1], np.s_[2:15:4, 7, 3:33], np.s_[-1, 5:30:3, ::-2],
+    np.s_[::-3, -10:, 17], np.s_[5:5], np.s_[..., 3], np.s_[1:3, 40:2:-5, ...], np.s_[4:9, 10:27, 5:36],
+    np.s_[:, -1, -1], np.s_[7:2], np.s_[19, 47, 39],
+]
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(0)
+    return rng.integers(-2000, 2000, SHAPE).astype(np.int16)
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def stack_folder(request, volume, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    write_slices(folder, volume, **LAYOUTS[request.param])
+    return folder
+
+
+def test_round_trip_and_basic_slicing_match_numpy(stack_folder, volume):
+    stack = TiffStack(stack_folder)
+    assert stack.shape == volume.shape and stack.dtype == np.int16 and stack.ndim == 3 and len(stack) == 20
+    assert np.array_equal(np.asarray(stack), volume)
+    for key in KEYS:
+        got, want = stack[key], volume[key]
+        assert got.shape == want.shape, key
+        assert np.array_equal(got, want), key
+
+
+def test_region_reads_fewer_bytes_than_whole_slices(stack_folder, volume):
+    stack = TiffStack(stack_folder)
+    stack[:]
+    whole = stack.bytes_read
+    assert whole >= volume.nbytes * 0.9  # zlib on random data barely compresses
+    stack.bytes_read = 0
+    stack[3:6]
+    assert stack.bytes_read <= whole * 3 / 20 * 1.05  # only the files of z 3..5
+    stack.bytes_read = 0
+    part = stack[:, 10:18, 20:36]
+    assert np.array_equal(part, volume[:, 10:18, 20:36])
+    assert stack.bytes_read < whole / 2  # only the rows (strips/tiles) covering y 10..18
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+@pytest.mark.parametrize("layout", ["uncompressed", "zlib-tiles"])
+def test_os_level_reads_are_partial(tmp_path, layout):
+    """Independent of our own counter: the kernel's count of bytes read by this process."""
+    rng = np.random.default_rng(1)
+    big = rng.integers(-2000, 2000, (4, 256, 256)).astype(np.int16)
+    write_slices(tmp_path, big, **LAYOUTS[layout])
+    stack = TiffStack(tmp_path)
+
+    def rchar():
+        return int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["rchar"])
+
+    stack[:, :1, :1]  # warm-up (imports, caches)
+    before = rchar()
+    region = stack[:, 100:116, 0:32]
+    partial = rchar() - before
+    before = rchar()
+    stack[:]
+    full = rchar() - before
+    assert np.array_equal(region, big[:, 100:116, 0:32])
+    assert full >= 0.9 * sum(p.stat().st_size for p in stack.files)
+    assert partial < full / 4
+
+
+def test_natural_sort_of_unpadded_names(tmp_path, volume):
+    write_slices(tmp_path, volume[:12], prefix="img", digits=1, start=1)  # img1.tif ... img12.tif
+    assert sorted(["img10", "img2", "img1"], key=natural_key) == ["img1", "img2", "img10"]
+    stack = TiffStack(tmp_path)
+    assert [p.name for p in stack.files[:3]] == ["img1.tif", "img2.tif", "img3.tif"]
+    assert np.array_equal(stack[:], volume[:12])
+
+
+def test_write_slices_is_atomic_and_accepts_iterables(tmp_path, volume):
+    paths = write_slices(tmp_path, (plane for plane in volume[:3]), start=5)
+    assert [p.name for p in paths] == ["slice_00005.tif", "slice_00006.tif", "slice_00007.tif"]
+    assert sorted(os.listdir(tmp_path)) == [p.name for p in paths]  # no temporary leftovers
+    assert tifffile.imread(paths[1]).dtype == np.int16
+    with pytest.raises(InputError, match="must be 2D"):
+        write_slices(tmp_path, [np.zeros((2, 3, 4))])
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("no slices here")
+    with pytest.raises(InputError, match="no TIFF slices"):
+        TiffStack(tmp_path)
+    with pytest.raises(InputError, match="no such file"):
+        open_volume(tmp_path / "missing")
+
+
+def test_missing_slice_is_named(tmp_path, volume):
+    write_slices(tmp_path, volume[:6])
+    (tmp_path / "slice_00003.tif").unlink()
+    with pytest.raises(InputError, match=r"missing slice 3 \(slice_00003.tif\)"):
+        TiffStack(tmp_path)
+
+
+def test_stray_file_with_other_name_is_named(tmp_path, volume):
+    write_slices(tmp_path, volume[:3])
+    tifffile.imwrite(tmp_path / "overview.tif", volume[0])
+    with pytest.raises(InputError, match="overview.tif"):
+        TiffStack(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype"])
+def test_inconsistent_slice_is_named(tmp_path, volume, bad):
+    write_slices(tmp_path, volume[:5])
+    odd = volume[2, :40] if bad == "shape" else volume[2].astype(np.uint16)
+    tifffile.imwrite(tmp_path / "slice_00002.tif", odd)
+    with pytest.raises(InputError, match="slice_00002.tif"):
+        TiffStack(tmp_path)
+
+
+def test_corrupt_header_is_named_at_open(tmp_path, volume):
+    write_slices(tmp_path, volume[:4])
+    (tmp_path / "slice_00001.tif").write_bytes(b"this is not a TIFF file at all")
+    with pytest.raises(InputError, match="slice_00001.tif"):
+        TiffStack(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["uncompressed", "zlib-strips"])
+def test_truncated_data_is_named_at_read(tmp_path, volume, layout):
+    write_slices(tmp_path, volume[:4], **LAYOUTS[layout])
+    path = tmp_path / "slice_00002.tif"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # header (at the start) intact, pixel data cut
+    stack = TiffStack(tmp_path)
+    assert np.array_equal(stack[1], volume[1])
+    with pytest.raises(InputError, match="slice_00002.tif"):
+        stack[:]
+
+
+def test_index_errors(stack_folder):
+    stack = TiffStack(stack_folder)
+    with pytest.raises(IndexError):
+        stack[20]
+    with pytest.raises(IndexError):
+        stack[0, 0, 0, 0]
+    with pytest.raises(IndexError):
+        stack[[1, 2]]
