@@ -1,0 +1,203 @@
+"""Rank several submissions on the same ground truth, "rank then aggregate" as MICCAI challenges do.
+
+Ranking rule:
+
+1. For every ground-truth case and every metric of its type (spot: Dice, β0 error; tree: Dice,
+   clDice, β0 error, β1 error), rank the teams: rank 1 is best — the highest Dice/clDice or
+   the lowest Betti error. Ties get the mean of the ranks they span (1, 2.5, 2.5, 4). A team
+   whose case failed (missing or unreadable prediction...) counts as worse than every scored
+   team on that case; several such teams tie.
+2. A team's rank for a metric column (type, metric) is its mean rank over that type's cases.
+3. Its score is the mean of its metric-column ranks (every column counts the same, whatever
+   its number of cases); the final position sorts the scores, lowest first, with equal scores
+   sharing the better position (1, 2, 2, 4).
+
+The tables follow the SELMA3D paper's Tables 4 and 5: one row per team and, per structure
+type, "mean ± std" of each metric over the cases the team got scored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+from ..errors import InputError
+from .challenge import _atomic_write, evaluate, ground_truth_cases, write_json
+from .metrics import HIGHER_IS_BETTER, METRICS_BY_TYPE
+
+METRIC_LABELS = {"dice": "Dice", "cldice": "clDice", "betti0_error": "β0 error", "betti1_error": "β1 error"}
+METRIC_LATEX = {"dice": "Dice", "cldice": "clDice", "betti0_error": r"$\beta_0$ error",
+                "betti1_error": r"$\beta_1$ error"}
+TYPE_LABELS = {"spot": "spot-like", "tree": "tree-like"}
+
+
+@dataclass
+class TeamStanding:
+    team: str
+    rank: int
+    score: float  # mean of the metric-column ranks
+    column_ranks: dict[str, float]  # "tree/dice" -> mean rank over tree cases
+    summary: dict  # challenge.summarize() of the team's scored cases
+    failures: list[dict] = field(default_factory=list)
+
+
+def parse_submissions(items: list[str]) -> dict[str, Path]:
+    """``["teamA=preds/a", ...]`` → {team: path}; a clear error for malformed or repeated teams."""
+    submissions: dict[str, Path] = {}
+    for item in items:
+        team, sep, path = item.partition("=")
+        team = team.strip()
+        if not sep or not team or not path:
+            raise InputError(f"submission {item!r}: expected TEAM=PRED_DIR")
+        if team in submissions:
+            raise InputError(f"team {team!r} is given twice")
+        submissions[team] = Path(path)
+    if not submissions:
+        raise InputError("no submissions given (TEAM=PRED_DIR ...)")
+    return submissions
+
+
+def columns_for(case_types: dict[str, str]) -> list[tuple[str, str]]:
+    """(type, metric) columns for the types present among the cases, in table order."""
+    present = set(case_types.values())
+    return [(kind, metric) for kind, metrics in METRICS_BY_TYPE.items() if kind in present for metric in metrics]
+
+
+def rank_teams(case_types: dict[str, str], results: dict[str, dict]) -> list[TeamStanding]:
+    """Rank then aggregate (module docstring). ``results[team]`` is an ``evaluate()`` result."""
+    teams = list(results)
+    scored = {team: {c["case"]: c for c in results[team]["cases"]} for team in teams}
+    columns = columns_for(case_types)
+    column_ranks: dict[str, dict[str, float]] = {team: {} for team in teams}
+    for kind, metric in columns:
+        cases = [case for case, t in case_types.items() if t == kind]
+        sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+        per_case = []
+        for case in cases:
+            keys = [sign * float(scored[team][case][metric]) if case in scored[team] else np.inf
+                    for team in teams]
+            per_case.append(rankdata(keys, method="average"))
+        mean = np.mean(per_case, axis=0)
+        for team, value in zip(teams, mean):
+            column_ranks[team][f"{kind}/{metric}"] = float(value)
+    scores = {team: float(np.mean(list(column_ranks[team].values()))) if columns else 0.0 for team in teams}
+    positions = rankdata([scores[t] for t in teams], method="min")
+    standings = [TeamStanding(team, int(pos), scores[team], column_ranks[team], results[team]["summary"],
+                              results[team]["failures"]) for team, pos in zip(teams, positions)]
+    return sorted(standings, key=lambda s: (s.rank, s.team))
+
+
+def run_leaderboard(gt: str | os.PathLike, submissions: dict[str, Path], jobs: int | None = None,
+                    progress: bool = True, structure: str | None = None) -> tuple[list[TeamStanding], dict]:
+    """Score every submission against GT and rank them; returns (standings, results per team)."""
+    case_types = {c.case: c.type for c in ground_truth_cases(gt, structure) if c.type in METRICS_BY_TYPE}
+    if not case_types:
+        raise InputError(f"{gt}: no ground-truth case with a known structure type")
+    results = {team: evaluate(path, gt, jobs=jobs, progress=progress, structure=structure)
+               for team, path in submissions.items()}
+    return rank_teams(case_types, results), results
+
+
+# ----------------------------------------------------------------------------- tables
+def _mean_std(stats: dict | None, digits: int, pm: str) -> str:
+    if not stats:
+        return "–"
+    if stats["std"] is None:
+        return f"{stats['mean']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}{pm}{stats['std']:.{digits}f}"
+
+
+def _digits(metric: str) -> int:
+    return 4 if metric in ("dice", "cldice") else 2
+
+
+def _types(standings: list[TeamStanding]) -> list[str]:
+    present = {col.split("/")[0] for s in standings for col in s.column_ranks}
+    return [kind for kind in METRICS_BY_TYPE if kind in present]
+
+
+def to_markdown(standings: list[TeamStanding]) -> str:
+    out = []
+    for kind in _types(standings):
+        metrics = METRICS_BY_TYPE[kind]
+        out.append(f"### {TYPE_LABELS[kind]} structures (mean ± std)\n")
+        out.append("| Team | " + " | ".join(METRIC_LABELS[m] for m in metrics) + " |")
+        out.append("|---|" + "---|" * len(metrics))
+        for s in standings:
+            cells = [_mean_std(s.summary.get(kind, {}).get(m), _digits(m), " ± ") for m in metrics]
+            out.append(f"| {s.team} | " + " | ".join(cells) + " |")
+        out.append("")
+    columns = list(standings[0].column_ranks) if standings else []
+    out.append("### Ranking (mean rank per metric; score = mean of those)\n")
+    out.append("| Rank | Team | Score | " + " | ".join(columns) + " | Failed cases |")
+    out.append("|---|---|---|" + "---|" * len(columns) + "---|")
+    for s in standings:
+        ranks = " | ".join(f"{s.column_ranks[c]:.2f}" for c in columns)
+        out.append(f"| {s.rank} | {s.team} | {s.score:.3f} | {ranks} | {len(s.failures)} |")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(standings: list[TeamStanding]) -> str:
+    import csv
+    import io
+
+    kinds = _types(standings)
+    header = ["rank", "team", "score", "failed_cases"]
+    for kind in kinds:
+        for m in METRICS_BY_TYPE[kind]:
+            header += [f"{kind}_{m}_mean", f"{kind}_{m}_std", f"{kind}_{m}_n", f"{kind}_{m}_mean_rank"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for s in standings:
+        row = [s.rank, s.team, f"{s.score:.6g}", len(s.failures)]
+        for kind in kinds:
+            for m in METRICS_BY_TYPE[kind]:
+                stats = s.summary.get(kind, {}).get(m) or {}
+                std = stats.get("std")
+                row += [stats.get("mean", ""), "" if std is None else std, stats.get("n", 0),
+                        s.column_ranks.get(f"{kind}/{m}", "")]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([&%$#_{}])", r"\\\1", text)
+
+
+def to_latex(standings: list[TeamStanding]) -> str:
+    out = []
+    for kind in _types(standings):
+        metrics = METRICS_BY_TYPE[kind]
+        out += [f"% {TYPE_LABELS[kind]} structures: mean $\\pm$ std per team",
+                "\\begin{tabular}{l" + "c" * len(metrics) + "}", "\\hline",
+                "Team & " + " & ".join(METRIC_LATEX[m] for m in metrics) + " \\\\", "\\hline"]
+        for s in standings:
+            cells = [_mean_std(s.summary.get(kind, {}).get(m), _digits(m), " $\\pm$ ") for m in metrics]
+            out.append(_latex_escape(s.team) + " & " + " & ".join(cells) + " \\\\")
+        out += ["\\hline", "\\end{tabular}", ""]
+    out += ["% final ranking (rank then aggregate)", "\\begin{tabular}{clc}", "\\hline",
+            "Rank & Team & Score \\\\", "\\hline"]
+    out += [f"{s.rank} & {_latex_escape(s.team)} & {s.score:.3f} \\\\" for s in standings]
+    out += ["\\hline", "\\end{tabular}", ""]
+    return "\n".join(out)
+
+
+def write_outputs(standings: list[TeamStanding], results: dict[str, dict], out: str | os.PathLike) -> Path:
+    """leaderboard.{md,csv,tex,json} and teams/<team>.json (each team's full metrics) under ``out``."""
+    out = Path(out)
+    _atomic_write(out / "leaderboard.md", to_markdown(standings))
+    _atomic_write(out / "leaderboard.csv", to_csv(standings))
+    _atomic_write(out / "leaderboard.tex", to_latex(standings))
+    _atomic_write(out / "leaderboard.json", json.dumps(
+        [{"rank": s.rank, "team": s.team, "score": s.score, "column_ranks": s.column_ranks,
+          "summary": s.summary, "failures": s.failures} for s in standings], indent=2) + "\n")
+    for team, result in results.items():
+        write_json(result, out / "teams" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', team)}.json")
+    return out
