@@ -1,0 +1,303 @@
+"""A synthetic SELMA3D-like dataset, written in the DESIGN.md layout.
+
+Five structures as in the challenge — vessels (tree, mouse), c-Fos+ cells (spot, mouse), cell
+nuclei (spot, human), Aβ plaques (spot, mouse), microglia (tree, mouse; test splits only) —
+drawn as geometric phantoms (:mod:`.phantoms`) and imaged like a light-sheet microscope
+(:mod:`.imaging`). Labels are the structure before blur and noise.
+
+Presets: ``tiny`` (seconds, for tests), ``small`` (about a minute, enough for a real
+finetuning run on CPU) and ``full`` (the challenge's shape: hundreds of annotated patches and
+35 unannotated volumes of 1024³ voxels and more, generated slab by slab with bounded memory).
+
+Writing is resumable and atomic: everything goes to ``.<OUT>.partial`` next to ``OUT``; finished
+cases and volumes are kept when a killed run is started again with the same preset and seed,
+and the folder is renamed to ``OUT`` only when ``dataset.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.nifti import write_nifti
+from ..io.tiffstack import write_slices
+from .imaging import LightSheetImager, Optics
+from .layout import SPLITS, STRUCTURE_TYPES
+from .phantoms import GENERATORS, Scene
+
+FORMAT_VERSION = 1
+MOUSE_SPACING = (2.0, 1.625, 1.625)  # µm (z, y, x)
+HUMAN_SPACING = (2.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    name: str
+    species: str
+    spacing_zyx: tuple[float, float, float]
+    optics: Optics
+
+    @property
+    def type(self) -> str:
+        return STRUCTURE_TYPES[self.name]
+
+
+STRUCTURES: dict[str, StructureSpec] = {
+    "vessel": StructureSpec("vessel", "mouse", MOUSE_SPACING,
+                            Optics(signal=7000.0, background=400.0, stripes=0.35)),
+    "cfos": StructureSpec("cfos", "mouse", MOUSE_SPACING,
+                          Optics(signal=4500.0, background=350.0)),
+    "nucleus": StructureSpec("nucleus", "human", HUMAN_SPACING,
+                             Optics(psf_sigma_zyx=(1.2, 0.8, 0.8), signal=3200.0, background=450.0,
+                                    stripes=0.2)),
+    "plaque": StructureSpec("plaque", "mouse", MOUSE_SPACING,
+                            Optics(signal=26000.0, background=300.0, grain=0.4)),
+    "microglia": StructureSpec("microglia", "mouse", MOUSE_SPACING,
+                               Optics(signal=4500.0, background=350.0)),
+}
+STRUCTURE_IDS = {name: i for i, name in enumerate(STRUCTURES)}
+SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
+UNANNOTATED_SPLIT_ID = len(SPLITS)
+#: patches are cut from a virtual specimen of this size (for the background/illumination fields)
+PATCH_SPECIMEN = (1024, 1024, 1024)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How many cases of which shape (z, y, x) per split and structure."""
+
+    name: str
+    annotated: dict[str, dict[str, tuple[int, tuple[int, int, int]]]]
+    unannotated: dict[str, list[tuple[int, int, int]]]
+    slab_depth: int = 32
+    description: str = ""
+    notes: dict = field(default_factory=dict)
+
+
+def _cube(n):
+    return (n, n, n)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "tiny",
+        annotated={
+            "train": {s: (2, _cube(32)) for s in ("vessel", "cfos", "nucleus", "plaque")},
+            "preliminary_test": {"cfos": (1, _cube(32)), "microglia": (1, _cube(32))},
+            "final_test": {"cfos": (1, _cube(32)), "microglia": (1, _cube(32))},
+        },
+        unannotated={s: [(32, 64, 64)] for s in ("vessel", "cfos", "nucleus", "plaque")},
+        slab_depth=16,
+        description="seconds; for tests",
+    ),
+    "small": Preset(
+        "small",
+        annotated={
+            "train": {s: (10, _cube(64)) for s in ("vessel", "cfos", "nucleus", "plaque")},
+            "preliminary_test": {"cfos": (4, _cube(64)), "microglia": (4, _cube(64))},
+            "final_test": {"cfos": (4, _cube(64)), "microglia": (4, _cube(64))},
+        },
+        unannotated={s: [(80, 192, 192)] for s in ("vessel", "cfos", "nucleus", "plaque")},
+        slab_depth=32,
+        description="about a minute; enough for a real finetuning run on CPU",
+    ),
+    # Shaped like the SELMA3D data (arXiv 2501.03880): 315 annotated patches for finetuning,
+    # preliminary and final testing (patch sizes from 100³ to 500×500×50, z first here) and 35
+    # unannotated volumes of more than 1000³ voxels. The split of the counts over structures
+    # is our approximation of the paper's Table 2.
+    "full": Preset(
+        "full",
+        annotated={
+            "train": {"vessel": (30, (50, 500, 500)), "cfos": (30, _cube(100)),
+                      "nucleus": (30, (50, 300, 300)), "plaque": (30, (100, 200, 200))},
+            "preliminary_test": {"cfos": (30, _cube(100)), "microglia": (30, _cube(100))},
+            "final_test": {"cfos": (68, _cube(100)), "microglia": (67, _cube(100))},
+        },
+        unannotated={"vessel": [(1024, 1024, 1024)] * 8 + [(1280, 1280, 1280)] * 2,
+                     "cfos": [(1024, 1024, 1024)] * 9 + [(1280, 1280, 1280)],
+                     "nucleus": [(1024, 1024, 1024)] * 5,
+                     "plaque": [(1024, 1024, 1024)] * 9 + [(1280, 1280, 1280)]},
+        slab_depth=16,  # ~0.5 GB peak for 1024² planes
+        description="the challenge's shape: ~75 GB, hours",
+    ),
+}
+
+
+# ---------------------------------------------------------------------- single items
+def _case_key(seed: int, structure: str, split_id: int, index: int) -> tuple[int, ...]:
+    return (int(seed), STRUCTURE_IDS[structure], split_id, int(index))
+
+
+def make_scene(structure: str, shape_zyx, key: tuple[int, ...]) -> Scene:
+    """The phantom of one case; at least one object (patches are cut where there is some)."""
+    spec = STRUCTURES[structure]
+    rng = np.random.default_rng([*key, 10])
+    for _ in range(100):
+        scene = GENERATORS[structure](tuple(shape_zyx), spec.spacing_zyx, rng,
+                                      density=float(rng.uniform(0.75, 1.25)))
+        if scene.n_objects > 0:
+            return scene
+    raise RuntimeError(f"could not place any {structure} in a patch of {shape_zyx}")  # pragma: no cover
+
+
+def make_imager(structure: str, shape_zyx, key: tuple[int, ...], whole_specimen: bool) -> LightSheetImager:
+    """Scene plus microscope for one patch (cut from a larger specimen) or one whole volume."""
+    spec = STRUCTURES[structure]
+    scene = make_scene(structure, shape_zyx, key)
+    if whole_specimen:
+        return LightSheetImager(scene, spec.optics, key=(*key, 20), tissue=True)
+    rng = np.random.default_rng([*key, 30])
+    origin = [int(rng.integers(0, max(1, p - s))) for p, s in zip(PATCH_SPECIMEN, shape_zyx)]
+    return LightSheetImager(scene, spec.optics, key=(*key, 20), origin_zyx=origin,
+                            specimen_shape=PATCH_SPECIMEN)
+
+
+def make_patch(structure: str, shape_zyx, seed: int = 0, split: str = "train",
+               index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One annotated patch: (image int16, label uint8), both (z, y, x)."""
+    imager = make_imager(structure, shape_zyx, _case_key(seed, structure, SPLIT_IDS[split], index), False)
+    return imager.render()
+
+
+def volume_imager(structure: str, shape_zyx, seed: int = 0, index: int = 0) -> LightSheetImager:
+    """The imager of one unannotated whole-specimen volume (render it slab by slab)."""
+    return make_imager(structure, shape_zyx, _case_key(seed, structure, UNANNOTATED_SPLIT_ID, index), True)
+
+
+def write_volume(folder: str | os.PathLike, imager: LightSheetImager, slab_depth: int = 32,
+                 on_slab=None) -> Path:
+    """Render ``imager`` slab by slab into a TIFF slice folder (one int16 file per z).
+
+    Memory is bounded by one slab (plus the PSF margin), whatever the volume size. The folder
+    is written as ``<folder>.partial`` and renamed when complete.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for z0, image, _label in imager.slabs(slab_depth):
+        write_slices(tmp, image, start=z0)
+        if on_slab is not None:
+            on_slab(image.shape[0])
+    os.replace(tmp, folder)
+    return folder
+
+
+# ---------------------------------------------------------------------- the dataset
+def _case_names(count: int, structure: str) -> list[str]:
+    return [f"{structure}_{i:03d}" for i in range(count)]
+
+
+def dataset_meta(preset: Preset, seed: int) -> dict:
+    splits = {split: {s: _case_names(n, s) for s, (n, _shape) in per.items()}
+              for split, per in preset.annotated.items()}
+    unannotated = {s: _case_names(len(shapes), s) for s, shapes in preset.unannotated.items()}
+    structures = {name: {"type": spec.type, "spacing_zyx": list(spec.spacing_zyx), "species": spec.species}
+                  for name, spec in STRUCTURES.items()}
+    return {"name": f"selma3d-synthetic-{preset.name}", "preset": preset.name, "seed": int(seed),
+            "format_version": FORMAT_VERSION, "structures": structures, "splits": splits,
+            "unannotated": unannotated}
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"{out}: folder is not empty (use --overwrite to replace a dataset)")
+        if not (out / "dataset.json").is_file():
+            raise InputError(f"{out}: not a selma3d dataset (no dataset.json); refusing to overwrite it")
+
+
+def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, progress: bool = False,
+                 overwrite: bool = False) -> Path:
+    """Write a synthetic SELMA3D-like dataset to ``out`` and return its path."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    out = Path(out)
+    _prepare_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial"
+    stamp = {"preset": preset, "seed": int(seed), "format_version": FORMAT_VERSION}
+    stamp_path = partial / "synth.json"
+    if partial.exists():
+        try:
+            resumable = json.loads(stamp_path.read_text()) == stamp
+        except (OSError, json.JSONDecodeError):
+            resumable = False
+        if not resumable:
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(json.dumps(stamp))
+
+    jobs = []  # (kind, split, structure, index, shape)
+    for split, per in spec.annotated.items():
+        for structure, (count, shape) in per.items():
+            jobs += [("case", split, structure, i, shape) for i in range(count)]
+    for structure, shapes in spec.unannotated.items():
+        jobs += [("volume", None, structure, i, shape) for i, shape in enumerate(shapes)]
+    total_planes = sum(job[4][0] for job in jobs)
+
+    with _progress(progress, total_planes, f"synth {preset}") as advance:
+        for kind, split, structure, index, shape in jobs:
+            name = f"{structure}_{index:03d}"
+            if kind == "case":
+                folder = partial / "annotated" / split / structure
+                img_path = folder / f"{name}_img.nii.gz"
+                lbl_path = folder / f"{name}_label.nii.gz"
+                if not (img_path.is_file() and lbl_path.is_file()):
+                    image, label = make_patch(structure, shape, seed, split, index)
+                    spacing = STRUCTURES[structure].spacing_zyx
+                    write_nifti(lbl_path, label, spacing_zyx=spacing)
+                    write_nifti(img_path, image, spacing_zyx=spacing)
+                advance(shape[0])
+            else:
+                folder = partial / "unannotated" / structure / name
+                if folder.is_dir():
+                    advance(shape[0])
+                    continue
+                imager = volume_imager(structure, shape, seed, index)
+                write_volume(folder, imager, spec.slab_depth, on_slab=advance)
+
+    meta = dataset_meta(spec, seed)
+    (partial / "dataset.json").write_text(json.dumps(meta, indent=2))
+    stamp_path.unlink()
+    if out.exists():
+        if any(out.iterdir()):
+            shutil.rmtree(out)
+        else:
+            out.rmdir()
+    os.replace(partial, out)
+    return out
+
+
+class _progress:
+    """A rich progress bar over planes written, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, description: str):
+        self.enabled, self.total, self.description = enabled, total, description
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                             TextColumn("{task.completed}/{task.total} planes"),
+                             TimeElapsedColumn(), TimeRemainingColumn())
+        self._bar.__enter__()
+        task = self._bar.add_task(self.description, total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.__exit__(*exc)
+        return False
