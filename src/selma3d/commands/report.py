@@ -1,0 +1,28 @@
+"""``selma3d report``: an HTML page with the metrics tables and overlay figures of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    def report(
+        metrics: Path = typer.Argument(..., help="metrics.json written by `selma3d evaluate`."),
+        out: Path = typer.Option(..., "--out", help="Folder for index.html and figures/."),
+        pred: Optional[Path] = typer.Option(None, "--pred", help="Prediction NIfTI file or folder."),
+        gt: Optional[Path] = typer.Option(None, "--gt", help="Ground-truth folder (<case>_label.nii.gz)."),
+        images: Optional[Path] = typer.Option(None, "--images",
+                                              help="Image folder (<case>_img.nii.gz); default: --gt."),
+        title: str = typer.Option("selma3d report", "--title"),
+        max_figures: int = typer.Option(24, "--max-figures", help="Overlay figures for the first N cases."),
+    ) -> None:
+        """Write OUT/index.html: mean ± std per structure type, per-case metrics, overlays."""
+        from ..report.html import build_report
+
+        index = build_report(metrics, out, pred=pred, gt=gt, images=images, title=title,
+                             max_figures=max_figures)
+        typer.echo(f"report written to {index}")
