@@ -1,0 +1,106 @@
+"""``selma3d pretrain``: self-supervised pretraining on a dataset's unannotated volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import Selma3dError
+
+DEFAULT_MODELS = {"byol": "unet3d", "multitask": "swinunetr", "inpainting": "unet3d",
+                  "dino": "vit3d", "simclr": "attunet2d"}
+
+
+def parse_options(pairs: list[str] | None, flag: str) -> dict:
+    """``key=value`` pairs → dict; values are read as YAML (``8``, ``0.5``, ``[16,32]``, ``true``)."""
+    import yaml
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise Selma3dError(f"{flag} expects key=value, got {pair!r}")
+        try:
+            options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise Selma3dError(f"{flag} {pair!r}: cannot read the value ({exc})") from None
+    return options
+
+
+def parse_patch_size(text: str) -> tuple[int, int, int]:
+    """``64`` or ``32,64,64`` (z,y,x)."""
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or min(parts) < 1:
+        raise Selma3dError(f"--patch-size must be N or Z,Y,X positive integers, got {text!r}")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pretrain")
+    def pretrain(
+        method: str = typer.Option(..., help="byol | multitask | inpainting | dino | simclr"),
+        data: Path = typer.Option(..., help="dataset folder (its unannotated/ volumes are used)"),
+        out: Path = typer.Option(..., help="run folder (checkpoints, loss curve, encoder.pt)"),
+        model: Optional[str] = typer.Option(None, help="backbone (default per method: "
+                                            + ", ".join(f"{k}→{v}" for k, v in DEFAULT_MODELS.items()) + ")"),
+        model_option: Optional[List[str]] = typer.Option(None, "--model-option",
+                                                         help="backbone option key=value (repeatable)"),
+        method_option: Optional[List[str]] = typer.Option(None, "--method-option",
+                                                          help="method option key=value (repeatable)"),
+        structure: Optional[List[str]] = typer.Option(None, "--structure",
+                                                      help="only volumes of this structure (repeatable)"),
+        max_steps: Optional[int] = typer.Option(None, help="optimizer steps in total [1000]"),
+        patch_size: str = typer.Option("64", help="patch size N or Z,Y,X (after downsampling)"),
+        batch_size: int = typer.Option(4),
+        lr: float = typer.Option(1e-4, help="peak AdamW learning rate"),
+        weight_decay: float = typer.Option(0.05),
+        warmup_steps: Optional[int] = typer.Option(None, help="[max_steps/10, at most 500]"),
+        seed: int = typer.Option(0),
+        num_workers: Optional[int] = typer.Option(None, help="DataLoader workers [2]"),
+        downsample_xy: int = typer.Option(1, help="average-pool xy by this factor (the teams used 3 or 4)"),
+        fg_threshold: float = typer.Option(500.0, help="foreground: raw intensity above this ..."),
+        fg_fraction: float = typer.Option(0.1, help="... in at least this fraction of voxels (0: off)"),
+        checkpoint_every: Optional[int] = typer.Option(None, help="steps between checkpoints [100]"),
+        resume: bool = typer.Option(False, "--resume", help="continue the run in --out at its saved step"),
+        devices: Optional[str] = typer.Option(None, help="devices per node: a number or 'auto' [1]"),
+        num_nodes: Optional[int] = typer.Option(None, help="nodes for multi-node DDP [1]"),
+        accelerator: Optional[str] = typer.Option(None, help="auto | cpu | gpu [auto]"),
+        strategy: Optional[str] = typer.Option(None, help="auto | ddp | ddp_spawn [auto]"),
+        precision: Optional[str] = typer.Option(None, help="32-true | 16-mixed | bf16-mixed [32-true]"),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Self-supervised pretraining; writes RUN/encoder.pt for `selma3d finetune --pretrained`."""
+        from ..ssl.base import method_class
+
+        method_class(method)  # unknown name → one-line error listing the methods
+        runtime = {"max_steps": max_steps, "num_workers": num_workers, "checkpoint_every": checkpoint_every,
+                   "num_nodes": num_nodes, "accelerator": accelerator, "strategy": strategy,
+                   "precision": precision}
+        if devices is not None:
+            runtime["devices"] = int(devices) if devices.isdigit() else devices
+        given = {k for k, v in runtime.items() if v is not None} | {"progress"}
+        if resume:
+            given.add("method")
+
+        from ..training.pretrain import PretrainConfig, run_pretraining
+
+        config = PretrainConfig(
+            method=method, data=str(data), out=str(out), model=model,
+            model_options=parse_options(model_option, "--model-option"),
+            method_options=parse_options(method_option, "--method-option"),
+            structures=list(structure) if structure else None,
+            patch_size=parse_patch_size(patch_size), batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed,
+            downsample_xy=downsample_xy, fg_threshold=fg_threshold if fg_fraction > 0 else None,
+            fg_fraction=fg_fraction, progress=progress,
+            **{k: v for k, v in runtime.items() if v is not None})
+        encoder = run_pretraining(config, resume=resume, given=given)
+        if encoder.is_file():
+            typer.echo(f"encoder: {encoder}")

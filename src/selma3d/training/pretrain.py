@@ -1,0 +1,326 @@
+"""Self-supervised pretraining with PyTorch Lightning: an SSL method fed by the patch sampler.
+
+``run_pretraining(config)`` builds the method (``selma3d.ssl``) and an endless
+:class:`~selma3d.data.sampling.PatchDataset` over the dataset's unannotated volumes, trains with
+AdamW and a linear-warmup + cosine learning-rate schedule, and writes into the run folder:
+
+- ``config.json``: every option (a resumed run reuses it),
+- ``checkpoints/last.ckpt``: full state (weights, EMA targets, optimizer, schedule, step, loss
+  history), written atomically every ``checkpoint_every`` steps and at the end,
+- ``loss.csv`` / ``loss.png``: the loss curve (every logged term),
+- ``encoder.pt``: the encoder checkpoint (:func:`selma3d.models.save_encoder`) naming the model,
+  its options, the method and the normalization, so finetuning needs no further flags.
+
+Multi-GPU and multi-node training go through Lightning DDP (``devices``, ``num_nodes``,
+``strategy="ddp"``; on CPU the gloo backend).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ..data.normalize import HIGH_PERCENTILE, LOW_PERCENTILE
+from ..errors import Selma3dError
+
+CHECKPOINT_NAME = "last.ckpt"
+CONFIG_NAME = "config.json"
+ENCODER_NAME = "encoder.pt"
+
+#: options a resumed run may change; everything else comes from the saved config.json
+RUNTIME_OPTIONS = ("max_steps", "num_workers", "devices", "num_nodes", "accelerator", "strategy",
+                   "checkpoint_every", "progress", "precision")
+
+
+@dataclass
+class PretrainConfig:
+    method: str
+    data: str
+    out: str
+    model: str | None = None
+    model_options: dict = field(default_factory=dict)
+    method_options: dict = field(default_factory=dict)
+    structures: list[str] | None = None
+    max_steps: int = 1000
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None
+    seed: int = 0
+    num_workers: int = 2
+    downsample_xy: int = 1
+    fg_threshold: float | None = 500.0
+    fg_fraction: float = 0.1
+    checkpoint_every: int = 100
+    devices: int | str = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise Selma3dError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise Selma3dError(f"--lr must be > 0, got {self.lr}")
+        if self.num_workers < 0:
+            raise Selma3dError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.downsample_xy < 1:
+            raise Selma3dError(f"--downsample-xy must be >= 1, got {self.downsample_xy}")
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR factor: linear warmup to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_loss_curve(history: list[dict], run_dir: Path) -> None:
+    """``loss.csv`` (one row per step, one column per logged term) and ``loss.png``."""
+    if not history:
+        return
+    columns = ["step"] + sorted({k for row in history for k in row} - {"step"})
+    tmp = run_dir / "loss.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, run_dir / "loss.csv")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    terms = [c for c in columns if c == "loss" or c.startswith("loss_")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [row["step"] for row in history]
+    for term in terms:
+        ax.plot(steps, [row.get(term, float("nan")) for row in history], label=term, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("self-supervised pretraining")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png.tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(run_dir / "loss.png.tmp.png", run_dir / "loss.png")
+
+
+class PretrainModule(pl.LightningModule):
+    """Wraps an :class:`~selma3d.ssl.base.SSLMethod`: loss, optimizer, schedule, EMA hook,
+    loss history (kept in the checkpoint so a resumed curve continues), final ``encoder.pt``."""
+
+    def __init__(self, method, config: PretrainConfig, encoder_extra: dict | None = None,
+                 dataset=None):
+        super().__init__()
+        self.method = method
+        self.dataset = dataset
+        self.config = config
+        self.run_dir = Path(config.out)
+        self.encoder_extra = dict(encoder_extra or {})
+        self.history: list[dict] = []
+
+    def setup(self, stage):
+        # Each DDP rank draws its own patches (workers add their id to the seed themselves).
+        if self.dataset is not None:
+            self.dataset.rank = self.global_rank
+
+    def training_step(self, batch, batch_idx):
+        loss, logs = self.method.training_loss(batch)
+        if not torch.isfinite(loss):
+            raise Selma3dError(f"{self.config.method}: loss became {loss.item()} at step "
+                               f"{self.global_step + 1}; lower --lr or check the data")
+        values = {k: float(v) for k, v in logs.items()}
+        values["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=batch["image"].shape[0])
+        if self.trainer.is_global_zero:
+            self.history.append({"step": self.global_step + 1, **values})
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # global_step counts completed steps and is incremented right after this hook.
+        self.method.on_after_step(self.global_step + 1, self.config.max_steps)
+
+    def configure_optimizers(self):
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        total = self.config.max_steps
+        warmup = self.config.warmup_steps
+        if warmup is None:
+            warmup = min(500, max(1, total // 10))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["loss_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = list(checkpoint.get("loss_history", []))
+
+    def save_encoder(self) -> Path:
+        from ..models import save_encoder
+
+        path = self.run_dir / ENCODER_NAME
+        save_encoder(self.method.backbone, path, method=self.config.method, steps=int(self.global_step),
+                     **self.encoder_extra)
+        return path
+
+
+class AtomicCheckpoint(pl.Callback):
+    """Every ``every`` steps and at the end: full trainer state to ``checkpoints/last.ckpt``
+    (written to a temporary file, then renamed), plus the loss curve."""
+
+    def __init__(self, run_dir: Path, every: int):
+        self.run_dir = Path(run_dir)
+        self.every = int(every)
+        self.last_saved = -1
+
+    def save(self, trainer: pl.Trainer, module: PretrainModule) -> None:
+        if trainer.global_step == self.last_saved:
+            return
+        folder = self.run_dir / "checkpoints"
+        final = folder / CHECKPOINT_NAME
+        tmp = folder / (CHECKPOINT_NAME + ".tmp")
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+            write_loss_curve(module.history, self.run_dir)
+        self.last_saved = trainer.global_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step % self.every == 0:
+            self.save(trainer, module)
+
+    def on_train_end(self, trainer, module):
+        self.save(trainer, module)
+        if trainer.is_global_zero:
+            module.save_encoder()
+
+
+def checkpoint_step(path: Path) -> int:
+    """The number of completed steps stored in a Lightning checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state.get("global_step", 0))
+
+
+def _resume_config(config: PretrainConfig, given: set[str]) -> PretrainConfig:
+    saved_path = Path(config.out) / CONFIG_NAME
+    if not saved_path.is_file():
+        raise Selma3dError(f"{saved_path}: not found; --resume needs the folder of an earlier run")
+    saved = json.loads(saved_path.read_text())
+    saved.pop("percentiles", None)
+    saved.pop("structures_seen", None)
+    for name in RUNTIME_OPTIONS:
+        if name in given:
+            saved[name] = getattr(config, name)
+    saved["out"] = config.out
+    saved["patch_size"] = tuple(saved["patch_size"])
+    if saved.get("method") != config.method and "method" in given:
+        raise Selma3dError(f"{config.out}: was pretrained with --method {saved.get('method')}, "
+                           f"not {config.method}")
+    return PretrainConfig(**saved)
+
+
+def _strategy(config: PretrainConfig):
+    if config.strategy in ("ddp", "ddp_spawn"):
+        from pytorch_lightning.strategies import DDPStrategy
+
+        # Some methods leave part of a backbone unused in a step (e.g. heads of other
+        # objectives); let DDP tolerate parameters that get no gradient.
+        return DDPStrategy(start_method="spawn" if config.strategy == "ddp_spawn" else "popen",
+                           find_unused_parameters=True)
+    return config.strategy
+
+
+def run_pretraining(config: PretrainConfig, resume: bool = False,
+                    given: set[str] | None = None) -> Path:
+    """Train (or continue training) and return the path of ``encoder.pt``.
+
+    ``given`` names the options the user set explicitly; on resume only those among
+    :data:`RUNTIME_OPTIONS` override the saved configuration.
+    """
+    from ..data.sampling import PatchDataset, volumes_from_dataset
+    from ..ssl import build_method
+
+    run_dir = Path(config.out)
+    ckpt = run_dir / "checkpoints" / CHECKPOINT_NAME
+    start_step = 0
+    if resume:
+        config = _resume_config(config, set(given or ()))
+        if not ckpt.is_file():
+            raise Selma3dError(f"{ckpt}: no checkpoint to resume from")
+        start_step = checkpoint_step(ckpt)
+    elif ckpt.is_file():
+        raise Selma3dError(f"{run_dir} already holds a pretraining checkpoint; pass --resume to "
+                           "continue it or choose another --out")
+    config.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+
+    pl.seed_everything(config.seed + start_step, workers=True, verbose=False)
+    sources = volumes_from_dataset(config.data, config.structures)
+    dataset = PatchDataset(sources, config.patch_size, seed=config.seed, start_step=start_step,
+                           downsample_xy=config.downsample_xy, fg_threshold=config.fg_threshold,
+                           fg_fraction=config.fg_fraction)
+    percentiles = dataset.prepare()
+    structures = dataset.structures
+
+    method = build_method(config.method, model=config.model, model_options=config.model_options,
+                          patch_size=config.patch_size, num_structures=len(structures),
+                          **config.method_options)
+    if trainer_is_main():
+        saved = asdict(config)
+        saved["percentiles"] = {k: list(v) for k, v in percentiles.items()}
+        saved["structures_seen"] = structures
+        _atomic_write_text(run_dir / CONFIG_NAME, json.dumps(saved, indent=2, default=str))
+
+    encoder_extra = {
+        "normalization": {"scheme": "percentile", "low": LOW_PERCENTILE, "high": HIGH_PERCENTILE,
+                          "range": [-1.0, 1.0], "estimated_per": "volume"},
+        "patch_size": list(config.patch_size),
+        "downsample_xy": config.downsample_xy,
+        "structures": structures,
+        "method_options": config.method_options,
+    }
+    module = PretrainModule(method, config, encoder_extra, dataset)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        drop_last=True)
+    trainer = pl.Trainer(
+        max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
+        num_nodes=config.num_nodes, strategy=_strategy(config), precision=config.precision,
+        callbacks=[AtomicCheckpoint(run_dir, config.checkpoint_every)], logger=False,
+        enable_checkpointing=False, enable_progress_bar=config.progress,
+        enable_model_summary=False, log_every_n_steps=1, use_distributed_sampler=False,
+        default_root_dir=str(run_dir))
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt) if resume else None)
+    return run_dir / ENCODER_NAME
+
+
+def trainer_is_main() -> bool:
+    """True outside DDP and on global rank 0 (Lightning sets the rank variables in children)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 and \
+        int(os.environ.get("NODE_RANK", 0)) == 0
