@@ -16,6 +16,15 @@ app_typer = typer.Typer(add_completion=False, no_args_is_help=True, pretty_excep
 
 # One module per sub-command, each with a ``register(app)`` function.
 COMMAND_MODULES = (
+    "pretrain",
+    "finetune",
+    "predict",
+    "synth",
+    "evaluate",
+    "leaderboard",
+    "convert",
+    "report",
+    "demo",
 )
 
 for _name in COMMAND_MODULES:
@@ -25,7 +34,13 @@ for _name in COMMAND_MODULES:
 def app() -> None:
     """Console entry point."""
     try:
-        app_typer(standalone_mode=False)
+        # Without standalone mode typer *returns* the exit code of ``typer.Exit`` and turns Ctrl-C
+        # into a returned 130 instead of raising; pass those codes on instead of exiting 0.
+        code = app_typer(standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            if code == 130:
+                typer.echo("interrupted", err=True)
+            sys.exit(code)
     except Selma3dError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -1,0 +1,103 @@
+"""``selma3d finetune``: supervised finetuning of a segmentation network (or the structure router)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import InputError
+
+
+def _patch_size(first: Optional[str], rest: list[str]) -> Optional[list[int]]:
+    """``--patch-size 32``, ``--patch-size 16 32 32`` (the command has no positional arguments,
+    so trailing numbers belong to it) or ``--patch-size 16,32,32``."""
+    if first is None:
+        if rest:
+            raise InputError(f"unexpected arguments: {' '.join(rest)}")
+        return None
+    parts = [p for p in first.replace("x", ",").split(",") if p] + list(rest)
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise InputError(f"--patch-size expects one or three integers (Z Y X), got {' '.join(parts)}") from None
+    if len(sizes) not in (1, 3):
+        raise InputError(f"--patch-size expects one or three integers (Z Y X), got {' '.join(parts)}")
+    return sizes
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+    def finetune(
+        ctx: typer.Context,
+        data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder (annotated/train is used)."),
+        out: Path = typer.Option(..., "--out", help="Run folder to create (or continue with --resume)."),
+        model: Optional[str] = typer.Option(None, "--model", help="unet3d | swinunetr | vit3d | attunet2d "
+                                            "(default unet3d, or the one the --pretrained checkpoint names)."),
+        model_option: List[str] = typer.Option([], "--model-option", help="Model option key=value, repeatable "
+                                               "(e.g. features=[16,32,64,128])."),
+        pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Encoder checkpoint (encoder.pt) "
+                                                  "from `selma3d pretrain`."),
+        freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the decoder; the "
+                                            "encoder's weights and normalization statistics stay fixed."),
+        loss: str = typer.Option("dicece", "--loss", help="dice | dicece | dicefocal | dice+boundary | dice+cldice"),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default 1000)."),
+        batch_size: int = typer.Option(2, "--batch-size"),
+        lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warmup then cosine)."),
+        patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Crop size: N or Z Y X (default 64)."),
+        seed: int = typer.Option(0, "--seed"),
+        structures: Optional[str] = typer.Option(None, "--structures", help="Comma-separated structures to "
+                                                 "train on (default: all annotated ones)."),
+        val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out share of each structure's patches."),
+        folds: Optional[int] = typer.Option(None, "--folds", help="k-fold split (stratified by structure)..."),
+        fold: Optional[int] = typer.Option(None, "--fold", help="...and the fold held out (0-based)."),
+        checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Checkpoint (and validate) every N steps."),
+        val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps "
+                                                "(default: --checkpoint-every)."),
+        threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold stored for predict."),
+        augment: str = typer.Option("default", "--augment", help="Augmentation strength: none | light | default | strong."),
+        num_workers: int = typer.Option(1, "--num-workers", help="Data-loading worker processes (0: load in the training process)."),
+        accelerator: str = typer.Option("auto", "--accelerator", help="Lightning accelerator: auto | cpu | gpu."),
+        devices: str = typer.Option("1", "--devices", help="Lightning devices (e.g. 1, 4 or auto; >1 uses DDP)."),
+        precision: str = typer.Option("32-true", "--precision", help="Lightning precision, e.g. 16-mixed, bf16-mixed."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
+                                    "with its saved settings (only --max-steps may be raised)."),
+        router: bool = typer.Option(False, "--router", help="Train the spot/tree structure router instead "
+                                    "of a segmentation model on the training patches of all (or the --structures) "
+                                    "structures; writes OUT/router.pt and OUT/router.json (held-out accuracy). "
+                                    "Its crop size is the first --patch-size value (default 32)."),
+        router_steps: int = typer.Option(200, "--router-steps", help="Training steps of the router."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ):
+        """Finetune a segmentation network on annotated patches; RUN/ then holds all `predict` needs."""
+        sizes = _patch_size(patch_size, list(ctx.args))
+        names = [s.strip() for s in structures.split(",")] if structures else None
+        if router:
+            if data is None:
+                raise InputError("--data is required")
+            from ..training.router import finetune_router
+
+            path = finetune_router(data, out, structures=names, steps=router_steps, crop_size=(sizes or [32])[0],
+                                   val_fraction=val_fraction, seed=seed, progress=not quiet)
+            typer.echo(f"router written to {path}")
+            return
+
+        from ..training.finetune import FinetuneConfig, finetune as run_finetune, parse_model_options, resume_config
+
+        if resume:
+            config = resume_config(out, max_steps=max_steps)
+            config.progress = not quiet
+        else:
+            if data is None:
+                raise InputError("--data is required (unless --resume)")
+            config = FinetuneConfig(
+                data=str(data), out=str(out), model=model, model_options=parse_model_options(model_option),
+                pretrained=str(pretrained) if pretrained else None, freeze_encoder=freeze_encoder, loss=loss,
+                max_steps=max_steps if max_steps is not None else 1000, batch_size=batch_size, lr=lr,
+                patch_size=tuple(sizes) if sizes else (64, 64, 64), seed=seed, structures=names,
+                val_fraction=val_fraction, folds=folds, fold=fold, checkpoint_every=checkpoint_every,
+                val_every=val_every, threshold=threshold, augment=augment, num_workers=num_workers, accelerator=accelerator,
+                devices=int(devices) if devices.isdigit() else devices, precision=precision, progress=not quiet)
+        run = run_finetune(config, resume=resume)
+        typer.echo(f"finetuned model written to {run}")

@@ -1,0 +1,275 @@
+"""Patch segmentation with a finetuned run: sliding windows, Gaussian blending, flip TTA.
+
+A finetuned ``RUN/`` folder holds ``model.pt`` (weights + model config) and ``run.json``
+(patch size, normalization, threshold, structures, type), so :func:`predict_path` needs nothing
+else. Windows are stitched by MONAI's ``sliding_window_inference`` with Gaussian weights, which
+down-weights window borders where a convolutional network sees the least context.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.normalize import normalize_percentile
+from ..errors import InputError, Selma3dError
+from ..io.nifti import NIFTI_SUFFIXES, case_name, is_nifti, read_nifti, write_nifti
+from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
+
+MODEL_FILE = "model.pt"
+RUN_FILE = "run.json"
+ROUTER_FILE = "router.pt"
+MODEL_FORMAT = "selma3d-model"
+
+
+def flip_combinations(tta_flips) -> list[tuple[int, ...]]:
+    """Spatial axes (of a (B, C, D, H, W) tensor) to flip for each TTA pass; ``()`` is identity.
+
+    ``True`` means all 8 mirrorings (as nnU-Net); a sequence of axis tuples is used as given.
+    """
+    if not tta_flips:
+        return [()]
+    if tta_flips is True:
+        return [combo for r in range(4) for combo in itertools.combinations((2, 3, 4), r)]
+    return [tuple(axes) for axes in tta_flips]
+
+
+@torch.no_grad()
+def sliding_window_probabilities(model: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int],
+                                 overlap: float = 0.5, tta_flips=False, sw_batch_size: int = 4,
+                                 progress: bool = False) -> torch.Tensor:
+    """Foreground probabilities (B, 1, D, H, W) of a normalized (B, 1, D, H, W) tensor.
+
+    Windows have exactly ``patch_size`` (a multiple of the model's size divisor); inputs smaller
+    than a window are padded by MONAI and cropped back.
+    """
+    from monai.inferers import sliding_window_inference
+
+    total = None
+    flips = flip_combinations(tta_flips)
+    for axes in flips:
+        x = torch.flip(image, axes) if axes else image
+        logits = sliding_window_inference(x, roi_size=tuple(int(p) for p in patch_size),
+                                          sw_batch_size=sw_batch_size, predictor=model,
+                                          overlap=overlap, mode="gaussian", progress=progress)
+        probs = torch.sigmoid(logits.float())
+        if axes:
+            probs = torch.flip(probs, axes)
+        total = probs if total is None else total + probs
+    return total / len(flips)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def predict_probabilities(model: torch.nn.Module, array: np.ndarray, patch_size: Sequence[int],
+                          overlap: float = 0.5, tta_flips=False, normalize: bool = True,
+                          sw_batch_size: int = 4, progress: bool = False) -> np.ndarray:
+    """Float32 (z, y, x) foreground probabilities of a raw (or already normalized) patch."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise InputError(f"expected a 3D (z, y, x) image, got shape {array.shape}")
+    image = normalize_percentile(array) if normalize else np.asarray(array, dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(_model_device(model))
+        probs = sliding_window_probabilities(model, x, patch_size, overlap=overlap, tta_flips=tta_flips,
+                                             sw_batch_size=sw_batch_size, progress=progress)
+    finally:
+        model.train(was_training)
+    return probs[0, 0].cpu().numpy()
+
+
+def predict_volume(model: torch.nn.Module, array: np.ndarray, patch_size: Sequence[int],
+                   overlap: float = 0.5, tta_flips=False, threshold: float = 0.5,
+                   min_size: int = 0, normalize: bool = True, sw_batch_size: int = 4,
+                   progress: bool = False) -> np.ndarray:
+    """Binary uint8 (z, y, x) mask: probabilities > ``threshold``, components < ``min_size`` removed."""
+    probs = predict_probabilities(model, array, patch_size, overlap=overlap, tta_flips=tta_flips,
+                                  normalize=normalize, sw_batch_size=sw_batch_size, progress=progress)
+    mask = (probs > threshold).astype(np.uint8)
+    return remove_small_components(mask, min_size) if min_size > 1 else mask
+
+
+# --------------------------------------------------------------------------- runs on disk
+
+@dataclass
+class LoadedRun:
+    """A finetuned model ready to predict, with the settings it was trained under."""
+
+    path: Path
+    model: torch.nn.Module
+    info: dict = field(default_factory=dict)
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(int(p) for p in self.info["patch_size"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info.get("threshold", 0.5))
+
+    @property
+    def type(self) -> str:
+        return str(self.info.get("type", "mixed"))
+
+    def predict(self, array: np.ndarray, overlap: float = 0.5, tta_flips=False,
+                threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE) -> np.ndarray:
+        norm = self.info.get("normalization", {})
+        if norm.get("method", "percentile") != "percentile":
+            raise Selma3dError(f"{self.path}: unsupported normalization {norm.get('method')!r}")
+        return predict_volume(self.model, array, self.patch_size, overlap=overlap, tta_flips=tta_flips,
+                              threshold=self.threshold if threshold is None else threshold,
+                              min_size=min_size, normalize=True)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def save_model_file(model: torch.nn.Module, path: str | os.PathLike, **extra) -> Path:
+    """Write ``{"format", "model": config, "state_dict", **extra}`` atomically (tmp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save({"format": MODEL_FORMAT, "model": dict(model.config), "state_dict": state, **extra}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_run(run_dir: str | os.PathLike, device: torch.device | str | None = None) -> LoadedRun:
+    """Load ``RUN/model.pt`` and ``RUN/run.json``; raises :class:`InputError` naming what is missing."""
+    from ..models import build_model
+
+    run_dir = Path(run_dir)
+    model_path, info_path = run_dir / MODEL_FILE, run_dir / RUN_FILE
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: run folder not found (expected the --out folder of `selma3d finetune`)")
+    for needed in (model_path, info_path):
+        if not needed.is_file():
+            raise InputError(f"{run_dir}: {needed.name} missing; is this a finished `selma3d finetune` run?")
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{info_path}: invalid JSON ({exc})") from None
+    try:
+        payload = torch.load(model_path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{model_path}: cannot read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise InputError(f"{model_path}: not a selma3d model file")
+    model = build_model(**payload["model"])
+    model.load_state_dict(payload["state_dict"])
+    model.to(device or default_device()).eval()
+    return LoadedRun(path=run_dir, model=model, info=info)
+
+
+# --------------------------------------------------------------------------- files and folders
+
+def _unsupported_input(path: Path) -> InputError:
+    name = str(path).rstrip("/")
+    if name.endswith(".zarr") or (path.is_dir() and any(path.glob("*.tif*"))):
+        kind = "a Zarr volume" if name.endswith(".zarr") else "a TIFF slice folder"
+        return InputError(
+            f"{path}: {kind} is a whole volume; `selma3d predict` handles NIfTI patches (a .nii/.nii.gz "
+            f"file or a folder of them) for now; blockwise whole-volume prediction is a separate feature")
+    if path.is_dir():
+        return InputError(f"{path}: no NIfTI files (.nii, .nii.gz) in this folder")
+    if not path.exists():
+        return InputError(f"{path}: input not found")
+    return InputError(f"{path}: unsupported input; expected a NIfTI file (.nii, .nii.gz) or a folder of them")
+
+
+def list_inputs(input_path: str | os.PathLike) -> list[Path]:
+    """The NIfTI files INPUT names (itself, or the ones directly inside a folder), sorted.
+
+    In a dataset folder (``<case>_img`` next to ``<case>_label``) the labels are not inputs.
+    """
+    path = Path(input_path)
+    if path.is_file() and is_nifti(path):
+        return [path]
+    if path.is_dir() and not str(path).rstrip("/").endswith(".zarr"):
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+        names = {case_name(p) for p in files}
+        files = [p for p in files if not (case_name(p).endswith("_label")
+                                          and case_name(p)[: -len("_label")] + "_img" in names)]
+        if files:
+            return files
+    raise _unsupported_input(path)
+
+
+def output_paths(inputs: list[Path], input_path: Path, output: Path) -> list[Path]:
+    """Where each mask goes: OUTPUT itself for one file named *.nii[.gz], else OUTPUT/<same name>."""
+    if input_path.is_file() and str(output).endswith(NIFTI_SUFFIXES) and not output.is_dir():
+        return [output]
+    return [output / p.name for p in inputs]
+
+
+def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], input_path: str | os.PathLike,
+                 output: str | os.PathLike, tta: bool = False, min_size: int = DEFAULT_MIN_SIZE,
+                 threshold: float | None = None, overlap: float = 0.5, router: str | os.PathLike | None = None,
+                 device: torch.device | str | None = None, progress: bool = True) -> list[Path]:
+    """Segment a NIfTI file or a folder of NIfTI files; returns the written mask paths.
+
+    Masks are uint8 {0, 1} with the input's file name, affine and header. With several runs,
+    ``router`` (a ``router.pt`` or a run folder holding one) picks, per patch, the run trained
+    for the patch's structure type (spot or tree).
+    """
+    if not 0 <= overlap < 1:
+        raise InputError(f"--overlap must be in [0, 1), got {overlap}")
+    if threshold is not None and not 0 < threshold < 1:
+        raise InputError(f"--threshold must be in (0, 1), got {threshold}")
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    if not run_dirs:
+        raise InputError("give at least one --model RUN")
+    input_path, output = Path(input_path), Path(output)
+    inputs = list_inputs(input_path)
+    outputs = output_paths(inputs, input_path, output)
+    device = torch.device(device) if device is not None else default_device()
+    runs = [load_run(r, device=device) for r in run_dirs]
+
+    route = None
+    if router is not None:
+        from ..training.router import load_router
+
+        route = load_router(router, device=device)
+        by_type = {}
+        for run in runs:
+            if run.type in by_type:
+                raise InputError(f"{run.path} and {by_type[run.type].path} are both {run.type!r} models; "
+                                 "with --router give one spot and one tree model")
+            by_type[run.type] = run
+        missing = [t for t in route.classes if t not in by_type]
+        if missing:
+            raise InputError(f"--router needs a model for each type {route.classes}; no --model run is "
+                             f"of type {', '.join(missing)} (types: {', '.join(by_type) or 'none'})")
+    elif len(runs) > 1:
+        raise InputError("several --model runs need --router to choose between them")
+
+    from rich.progress import Progress
+
+    written = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("predicting", total=len(inputs))
+        for src, dst in zip(inputs, outputs):
+            volume = read_nifti(src)
+            run = runs[0] if route is None else by_type[route.classify(volume.array)]
+            mask = run.predict(volume.array, overlap=overlap, tta_flips=tta, threshold=threshold,
+                               min_size=min_size)
+            written.append(write_nifti(dst, mask.astype(np.uint8), affine=volume.affine, header=volume.header))
+            bar.advance(task)
+    return written

@@ -1,0 +1,528 @@
+"""Supervised finetuning with PyTorch Lightning: the module, its callbacks and the run folder.
+
+``RUN/`` (the ``--out`` folder) ends up holding everything ``selma3d predict`` needs:
+
+* ``model.pt``: weights of the best validation step (by mean Dice) + the model config;
+* ``run.json``: model options, patch size, normalization, threshold, structures and their type,
+  the training arguments, the best step and score, library versions;
+* ``curves.csv`` / ``curves.png``: training loss, learning rate and validation metrics per step;
+* ``checkpoints/last.ckpt``: the full training state (weights, optimizer, scheduler, step,
+  curves, best score) written atomically every ``checkpoint_every`` steps, for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from .. import __version__
+from ..errors import InputError, Selma3dError
+from ..inference.predict import MODEL_FILE, RUN_FILE, save_model_file, sliding_window_probabilities
+from .finetune_data import NORMALIZATION, FinetuneDataModule
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+CURVES_CSV = "curves.csv"
+CURVES_PNG = "curves.png"
+DEFAULT_MODEL = "unet3d"
+
+
+@dataclass
+class FinetuneConfig:
+    """Every option of a finetuning run (the CLI's flags); stored in ``run.json``."""
+
+    data: str
+    out: str
+    model: str | None = None
+    model_options: dict = field(default_factory=dict)
+    pretrained: str | None = None
+    freeze_encoder: bool = False
+    loss: str = "dicece"
+    max_steps: int = 1000
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int | None = None  # default: 5 % of max_steps
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    seed: int = 0
+    structures: list[str] | None = None
+    val_fraction: float = 0.2
+    folds: int | None = None
+    fold: int | None = None
+    checkpoint_every: int = 100
+    val_every: int | None = None  # default: checkpoint_every
+    threshold: float = 0.5
+    overlap: float = 0.5
+    augment: str = "default"  # strength: none | light | default | strong
+    num_workers: int = 1  # one loader process overlaps augmentation with the step
+    samples_per_epoch: int = 64
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: str = "32-true"
+    progress: bool = True
+
+    def __post_init__(self):
+        self.patch_size = parse_patch_size(self.patch_size)
+        if self.max_steps < 1:
+            raise InputError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.checkpoint_every < 1:
+            raise InputError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.lr <= 0:
+            raise InputError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.threshold < 1:
+            raise InputError(f"--threshold must be in (0, 1), got {self.threshold}")
+        if self.structures is not None:
+            self.structures = [s.strip() for s in self.structures if s.strip()] or None
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_steps is not None:
+            return max(0, min(int(self.warmup_steps), self.max_steps - 1))
+        return int(0.05 * self.max_steps)
+
+    @property
+    def validate_every(self) -> int:
+        return int(self.val_every or self.checkpoint_every)
+
+
+def parse_patch_size(value) -> tuple[int, int, int]:
+    """An int ``n`` → (n, n, n); three ints → (z, y, x)."""
+    if isinstance(value, (int, np.integer)):
+        value = [int(value)]
+    try:
+        sizes = [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise InputError(f"--patch-size must be one or three positive integers, got {value!r}") from None
+    if len(sizes) == 1:
+        sizes = sizes * 3
+    if len(sizes) != 3 or any(s < 1 for s in sizes):
+        raise InputError(f"--patch-size must be one or three positive integers (z y x), got {value!r}")
+    return tuple(sizes)
+
+
+def check_patch_size(model: torch.nn.Module, patch_size: Sequence[int]) -> None:
+    divisor = getattr(model, "size_divisor", 1)
+    divisors = (divisor,) * 3 if isinstance(divisor, int) else tuple(divisor)
+    if any(p % d for p, d in zip(patch_size, divisors)):
+        raise InputError(f"--patch-size {' '.join(map(str, patch_size))} is not a multiple of "
+                         f"{'x'.join(map(str, divisors))} as the {model.config['name']} model needs")
+
+
+# --------------------------------------------------------------------------- the Lightning module
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.01) -> float:
+    """Learning-rate factor: linear warmup to 1, then cosine decay to ``floor``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def validation_metrics(structure_type: str, gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """The challenge metric set of the type (selma3d.evaluation.metrics), or Dice if unavailable."""
+    try:
+        from ..evaluation.metrics import metrics_for_type
+    except ImportError:  # the evaluation package is optional for training
+        inter = float(np.logical_and(gt > 0, pred > 0).sum())
+        total = float((gt > 0).sum() + (pred > 0).sum())
+        return {"dice": 1.0 if total == 0 else 2 * inter / total}
+    return {k: float(v) for k, v in metrics_for_type(structure_type, gt, pred).items()}
+
+
+class SegmentationModule(pl.LightningModule):
+    """A segmentation network trained with a Dice-family loss on 1-channel logits."""
+
+    def __init__(self, model: torch.nn.Module, loss: str = "dicece", lr: float = 1e-3,
+                 weight_decay: float = 1e-5, warmup_steps: int = 0, max_steps: int = 1000,
+                 freeze_encoder: bool = False, patch_size: Sequence[int] = (64, 64, 64),
+                 threshold: float = 0.5, overlap: float = 0.5):
+        super().__init__()
+        from .losses import build_loss
+
+        self.model = model
+        self.loss_fn = build_loss(loss)
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_steps, self.max_steps = warmup_steps, max_steps
+        self.freeze_encoder = freeze_encoder
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.threshold, self.overlap = threshold, overlap
+        self._val_rows: list[dict] = []
+        if freeze_encoder:
+            self.model.encoder.requires_grad_(False)
+            self.model.encoder.eval()
+
+    def train(self, mode: bool = True):
+        """Keep a frozen encoder in eval mode, so its normalization statistics never change."""
+        super().train(mode)
+        if self.freeze_encoder:
+            self.model.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        logits = self.model(batch["image"])
+        loss = self.loss_fn(logits, batch["label"].float())
+        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        probs = sliding_window_probabilities(self.model, batch["image"], self.patch_size, overlap=self.overlap)
+        pred = (probs[0, 0] > self.threshold).cpu().numpy().astype(np.uint8)
+        gt = batch["label"][0, 0].cpu().numpy()
+        row = {"name": batch["name"], "structure": batch["structure"], "type": batch["type"]}
+        row.update(validation_metrics(batch["type"], gt, pred))
+        self._val_rows.append(row)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_rows:
+            return
+        summary = summarize_validation(self._val_rows)
+        for key, value in summary.items():
+            self.log(key, value, prog_bar=key == "val_dice", batch_size=1, sync_dist=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, self.warmup_steps, self.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def summarize_validation(rows: list[dict]) -> dict[str, float]:
+    """Mean of every metric over all validation cases (``val_<metric>``) and per type."""
+    summary: dict[str, float] = {}
+    metric_names = sorted({k for r in rows for k in r if k not in ("name", "structure", "type")})
+    for metric in metric_names:
+        values = [r[metric] for r in rows if metric in r]
+        summary[f"val_{metric}"] = float(np.mean(values))
+        for kind in sorted({r["type"] for r in rows}):
+            typed = [r[metric] for r in rows if r["type"] == kind and metric in r]
+            if typed and len({r["type"] for r in rows}) > 1:
+                summary[f"val_{kind}_{metric}"] = float(np.mean(typed))
+    return summary
+
+
+# --------------------------------------------------------------------------- callbacks
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file in the same folder, then rename.
+
+    Lightning's own save goes through an fsspec transaction whose temporary file lives in the
+    system temp dir; on another filesystem the final move is a copy, which a kill can cut short.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+class CurvesWriter(pl.Callback):
+    """Training loss / learning rate per logged step and validation metrics, as CSV and PNG.
+
+    The rows live in the callback's state, which Lightning stores in every checkpoint, so a
+    resumed run continues the curves from the saved step instead of losing or duplicating them.
+    """
+
+    def __init__(self, run_dir: Path, log_every: int = 10):
+        self.run_dir = Path(run_dir)
+        self.log_every = max(1, int(log_every))
+        self.rows: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.log_every == 0 or step == 1 or step >= (trainer.max_steps or 0):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            self.rows.append({"step": step, "train_loss": float(loss), "lr": float(lr)})
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        if metrics and trainer.is_global_zero:
+            self.rows.append({"step": trainer.global_step, **metrics})
+            self.write()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.write()
+
+    def write(self) -> None:
+        write_curves(self.rows, self.run_dir / CURVES_CSV, self.run_dir / CURVES_PNG)
+
+
+class BestModelKeeper(pl.Callback):
+    """Export ``model.pt`` whenever validation Dice improves (and at the end without validation)."""
+
+    def __init__(self, run_dir: Path, extra: dict, monitor: str = "val_dice"):
+        self.run_dir = Path(run_dir)
+        self.extra = extra
+        self.monitor = monitor
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_score = state_dict.get("best_score")
+        self.best_step = state_dict.get("best_step")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_step = score, int(trainer.global_step)
+            if trainer.is_global_zero:
+                self.save(pl_module, trainer.global_step, score)
+
+    def save(self, pl_module, step: int, score: float | None) -> None:
+        save_model_file(pl_module.model, self.run_dir / MODEL_FILE, step=int(step), val_dice=score, **self.extra)
+
+
+def write_curves(rows: list[dict], csv_path: Path, png_path: Path | None = None) -> None:
+    """Curves CSV (one row per step that logged something; empty cells where not), written atomically."""
+    if not rows:
+        return
+    merged: dict[int, dict] = {}
+    for row in rows:
+        merged.setdefault(int(row["step"]), {}).update(row)
+    ordered = [merged[s] for s in sorted(merged)]
+    keys = ["step"] + sorted({k for r in ordered for k in r} - {"step"})
+    tmp = csv_path.with_name(f".{csv_path.name}.partial")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(ordered)
+    os.replace(tmp, csv_path)
+    if png_path is not None:
+        plot_curves(ordered, png_path)
+
+
+def plot_curves(rows: list[dict], png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_score, ax_error) = plt.subplots(1, 3, figsize=(14, 4))
+    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    if train:
+        ax_loss.plot(*zip(*train), label="train loss")
+        ax_loss.legend()
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+    metrics = sorted({k for r in rows for k in r if k.startswith("val_")})
+    for metric in metrics:
+        points = [(r["step"], r[metric]) for r in rows if metric in r]
+        ax = ax_error if "error" in metric else ax_score
+        ax.plot(*zip(*points), marker="o", label=metric[len("val_"):])
+    ax_score.set(xlabel="step", ylabel="score", title="validation (higher is better)")
+    ax_error.set(xlabel="step", ylabel="Betti number error", title="validation (lower is better)")
+    for ax in (ax_score, ax_error):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = png_path.with_name(f".{png_path.name}.partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+# --------------------------------------------------------------------------- building and running
+
+def parse_model_options(pairs: Sequence[str]) -> dict:
+    """``["features=[4,8,16]", "norm=batch"]`` → dict; values parsed as YAML scalars/lists."""
+    import yaml
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--model-option expects key=value, got {pair!r}")
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise InputError(f"--model-option {pair!r}: cannot parse the value ({exc})") from None
+    return options
+
+
+def build_network(config: FinetuneConfig) -> torch.nn.Module:
+    """The model from ``--pretrained`` (architecture named by the checkpoint) or ``build_model``."""
+    from ..models import build_model, load_encoder_checkpoint, model_from_encoder_checkpoint
+
+    if config.pretrained:
+        path = Path(config.pretrained)
+        if not path.is_file():
+            raise InputError(f"--pretrained {path}: no such encoder checkpoint")
+        saved = load_encoder_checkpoint(path)["model"]
+        if config.model and config.model != saved.get("name"):
+            raise InputError(f"--model {config.model} does not match the encoder checkpoint {path}, "
+                             f"which holds a {saved.get('name')} encoder")
+        # Decoder options may change; the checkpoint's encoder options may not (Selma3dError).
+        return model_from_encoder_checkpoint(path, out_channels=1, **config.model_options)
+    return build_model(config.model or DEFAULT_MODEL, in_channels=1, out_channels=1, **config.model_options)
+
+
+def _versions() -> dict:
+    import monai
+
+    return {"selma3d": __version__, "torch": torch.__version__, "monai": monai.__version__,
+            "pytorch_lightning": pl.__version__, "python": platform.python_version()}
+
+
+def run_info(config: FinetuneConfig, model: torch.nn.Module, data: FinetuneDataModule, status: str,
+             best: dict | None = None) -> dict:
+    return {
+        "format": "selma3d-run",
+        "status": status,
+        "model": dict(model.config),
+        "patch_size": list(config.patch_size),
+        "normalization": dict(NORMALIZATION),
+        "threshold": config.threshold,
+        "overlap": config.overlap,
+        "structures": data.structure_names,
+        "type": data.structure_type,
+        "split": {"train": sorted(c.name for c in data.train_cases), "val": sorted(c.name for c in data.val_cases)},
+        "training": asdict(config) | {"patch_size": list(config.patch_size)},
+        "best": best or {},
+        "versions": _versions(),
+    }
+
+
+def write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def resume_config(out: str | os.PathLike, max_steps: int | None = None) -> FinetuneConfig:
+    """The saved configuration of the run in ``out`` (``--max-steps`` may be raised)."""
+    out = Path(out)
+    info_path, ckpt = out / RUN_FILE, out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not info_path.is_file() or not ckpt.is_file():
+        raise InputError(f"--resume: {out} holds no checkpoint to resume ({CHECKPOINT_DIR}/{LAST_CHECKPOINT} missing)")
+    saved = json.loads(info_path.read_text())["training"]
+    saved["patch_size"] = tuple(saved["patch_size"])
+    if max_steps is not None:
+        saved["max_steps"] = int(max_steps)
+    known = set(FinetuneConfig.__dataclass_fields__)
+    return FinetuneConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+@contextlib.contextmanager
+def _quiet_lightning(verbose: bool):
+    """Silence Lightning's expected chatter: a frozen encoder is in eval mode on purpose, a resumed
+    run restarts its (random) crop sampler, and the tips/device banners say nothing useful here."""
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for pattern in (".*module\\(s\\) in eval mode.*", ".*dataloader is not resumable.*",
+                        ".*Checkpoint directory .* exists and is not empty.*", ".*LeafSpec.*is deprecated.*",
+                        ".*does not have many workers.*", ".*weights_only.*"):
+            warnings.filterwarnings("ignore", message=pattern)
+        if not verbose:
+            for lg in loggers:
+                lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
+    """Train a segmentation model as ``config`` says; returns the run folder.
+
+    With ``resume``, training continues from ``RUN/checkpoints/last.ckpt`` (step, weights,
+    optimizer and scheduler state, curves, best score) up to ``config.max_steps``.
+    """
+    out = Path(config.out)
+    ckpt_dir = out / CHECKPOINT_DIR
+    last = ckpt_dir / LAST_CHECKPOINT
+    if resume and not last.is_file():
+        raise InputError(f"--resume: {out} holds no checkpoint to resume ({CHECKPOINT_DIR}/{LAST_CHECKPOINT} missing)")
+    if not resume and ((out / MODEL_FILE).exists() or last.exists()):
+        raise InputError(f"{out} already holds a finetuning run; use --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    model = build_network(config)
+    check_patch_size(model, config.patch_size)
+    data = FinetuneDataModule(config.data, config.patch_size, structures=config.structures,
+                              batch_size=config.batch_size, val_fraction=config.val_fraction,
+                              folds=config.folds, fold=config.fold, seed=config.seed,
+                              num_workers=config.num_workers, samples_per_epoch=config.samples_per_epoch,
+                              augment_options={"strength": config.augment})
+    data.setup("fit")
+    module = SegmentationModule(model, loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
+                                warmup_steps=config.warmup, max_steps=config.max_steps,
+                                freeze_encoder=config.freeze_encoder, patch_size=config.patch_size,
+                                threshold=config.threshold, overlap=config.overlap)
+    info = run_info(config, model, data, status="training")
+    write_json(out / RUN_FILE, info)
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    extra = {"patch_size": list(config.patch_size), "threshold": config.threshold}
+    keeper = BestModelKeeper(out, extra)
+    curves = CurvesWriter(out, log_every=max(1, min(10, config.max_steps // 50 or 1)))
+    periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=config.checkpoint_every,
+                               save_top_k=1, monitor=None, enable_version_counter=False,
+                               save_on_train_epoch_end=False)
+    has_val = bool(data.val_cases)
+    with _quiet_lightning(config.progress):
+        trainer = pl.Trainer(
+            max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
+            precision=config.precision, logger=False, callbacks=[periodic, keeper, curves],
+            plugins=[AtomicCheckpointIO()], check_val_every_n_epoch=None,
+            val_check_interval=config.validate_every if has_val else None,
+            limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0,
+            enable_progress_bar=config.progress, enable_model_summary=False, log_every_n_steps=1,
+            default_root_dir=str(out),
+        )
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+        if trainer.interrupted:
+            raise Selma3dError(f"training interrupted at step {trainer.global_step}; "
+                               f"continue with: selma3d finetune --out {out} --resume")
+        # The last step is always checkpointed and validated, so resume/best see the final state.
+        trainer.save_checkpoint(last)
+        if has_val and trainer.global_step % config.validate_every:
+            trainer.validate(module, datamodule=data, verbose=False)  # runs the keeper and curves callbacks
+            trainer.save_checkpoint(last)
+    if not trainer.is_global_zero:
+        return out
+    if not has_val:
+        keeper.save(module, trainer.global_step, None)
+        keeper.best_step = trainer.global_step
+    curves.write()
+    best = {"step": keeper.best_step, "val_dice": keeper.best_score}
+    write_json(out / RUN_FILE, run_info(config, model, data, status="finished", best=best)
+               | {"steps_done": int(trainer.global_step)})
+    return out
