@@ -219,3 +219,20 @@ def test_bad_inputs_name_the_file(reference, volume, tmp_path):
     with pytest.raises(InputError, match="notes.*did not write"):
         predict_whole_volume(run, volume, tmp_path / "notes", progress=False, overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_predict_command_routes_a_tiff_folder_to_the_blockwise_path(reference, tiny_run, tiff_input, tmp_path):
+    from typer.testing import CliRunner
+
+    from selma3d.cli import app_typer
+
+    run, probs, threshold = reference
+    expected = remove_small_components(probs > threshold, 5)
+    out = tmp_path / "cli_mask.zarr"
+    block = ",".join(str(b) for b in BLOCK)
+    result = CliRunner().invoke(app_typer, ["predict", "--model", str(tiny_run), str(tiff_input), str(out),
+                                            "--block-size", block, "--halo", str(HALO if isinstance(HALO, int) else HALO[1]),
+                                            "--threshold", str(threshold), "--overlap", str(OPTIONS["overlap"]),
+                                            "--quiet"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(open_volume(out)[...], expected)

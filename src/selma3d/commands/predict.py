@@ -1,4 +1,4 @@
-"""``selma3d predict``: segment NIfTI patches with a finetuned run."""
+"""``selma3d predict``: segment NIfTI patches, or whole volumes block by block, with a finetuned run."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ from typing import List, Optional
 import typer
 
 
+def is_whole_volume(path: Path) -> bool:
+    """A .zarr store or a folder of TIFF slices (and no NIfTI files): segmented block by block."""
+    if str(path).rstrip("/").endswith(".zarr"):
+        return True
+    return path.is_dir() and any(path.glob("*.tif*")) and not any(path.glob("*.nii*"))
+
+
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
-        input: Path = typer.Argument(..., help="A NIfTI file or a folder of NIfTI files."),
-        output: Path = typer.Argument(..., help="Output NIfTI file (for one input) or folder."),
+        input: Path = typer.Argument(..., help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder or a .zarr volume."),
+        output: Path = typer.Argument(..., help="Output NIfTI file (for one input) or folder; for a whole volume an OUT.zarr mask or a TIFF slice folder."),
         model: List[Path] = typer.Option(..., "--model", help="Run folder of `selma3d finetune`; give one spot "
                                          "and one tree run together with --router."),
         router: Optional[Path] = typer.Option(None, "--router", help="router.pt (or its run folder) from "
@@ -24,10 +31,37 @@ def register(app: typer.Typer) -> None:
         overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        block_size: Optional[str] = typer.Option(None, "--block-size", help="Whole volumes: block size "
+                                                 "N or Z,Y,X (default 128,256,256)."),
+        halo: Optional[int] = typer.Option(None, "--halo", help="Whole volumes: context voxels around each block "
+                                           "(default: half the patch size)."),
+        normalization: str = typer.Option("volume", "--normalization", help="Whole volumes: volume (percentiles "
+                                          "of the whole volume) or block."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Whole volumes: blocks in parallel."),
+        scheduler_address: Optional[str] = typer.Option(None, "--scheduler-address", help="Whole volumes: "
+                                                        "dask.distributed scheduler for multi-machine runs."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Whole volumes: replace an earlier output "
+                                       "(a killed run resumes without it)."),
     ):
         """Segment NIfTI patches: sliding windows with Gaussian blending, threshold, small-component removal."""
         from ..inference.predict import predict_path
 
+        if is_whole_volume(input):
+            from ..errors import InputError
+            from ..inference.blockwise import predict_whole_volume
+
+            if len(model) != 1 or router is not None:
+                raise InputError("whole-volume prediction takes exactly one --model and no --router")
+            options = {}
+            if block_size:
+                parts = [int(v) for v in block_size.replace(",", " ").split()]
+                options["block_size"] = parts[0] if len(parts) == 1 else tuple(parts)
+            path = predict_whole_volume(str(model[0]), input, output, halo=halo, overlap=overlap, tta_flips=tta,
+                                        threshold=threshold, min_size=min_size, normalization=normalization,
+                                        progress=not quiet, overwrite=overwrite, workers=workers,
+                                        scheduler_address=scheduler_address, device=device, **options)
+            typer.echo(f"whole-volume mask written to {path}")
+            return
         written = predict_path([str(m) for m in model], input, output, tta=tta, min_size=min_size,
                                threshold=threshold, overlap=overlap, router=router, device=device,
                                progress=not quiet)
