@@ -22,8 +22,8 @@ from ..errors import Selma3dError
 #: Step sizes per mode: "quick" exercises every stage in about a minute (used by the tests);
 #: "standard" trains long enough on the `small` preset for meaningful segmentations.
 MODES = {
-    "quick": dict(preset="tiny", pretrain_steps=4, finetune_steps=6, patch=16, batch=2),
-    "standard": dict(preset="small", pretrain_steps=60, finetune_steps=300, patch=32, batch=4),
+    "quick": dict(preset="tiny", pretrain_steps=4, finetune_steps=6, patch=16, batch=2, features="[4,8,16]"),
+    "standard": dict(preset="small", pretrain_steps=60, finetune_steps=150, patch=32, batch=2, features="[8,16,32]"),
 }
 
 
@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
             vessel_volumes = sorted((data / "unannotated" / "vessel").iterdir())
             run_step(["convert", str(vessel_volumes[0]), str(out / "vessel_volume.zarr"), "--overwrite"], log)
             run_step(["pretrain", "--method", "byol", "--data", str(data), "--out", str(out / "pretrain"),
+                      "--model-option", f"features={m['features']}",
                       "--max-steps", str(m["pretrain_steps"]), "--patch-size", patch,
                       "--batch-size", str(m["batch"]), "--seed", str(seed)], log)
             encoder = out / "pretrain" / "encoder.pt"
