@@ -28,6 +28,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/io_bench.py
 	$(BIN)/python benchmarks/metrics_bench.py
+	$(BIN)/python benchmarks/train_infer_bench.py
+	$(BIN)/python benchmarks/sampling_bench.py
+	$(BIN)/python benchmarks/blockwise_bench.py
 
 clean:
 	rm -rf $(VENV) demo_out
