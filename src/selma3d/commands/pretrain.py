@@ -8,25 +8,10 @@ from typing import List, Optional
 import typer
 
 from ..errors import Selma3dError
+from .options import parse_options
 
 DEFAULT_MODELS = {"byol": "unet3d", "multitask": "swinunetr", "inpainting": "unet3d",
                   "dino": "vit3d", "simclr": "attunet2d"}
-
-
-def parse_options(pairs: list[str] | None, flag: str) -> dict:
-    """``key=value`` pairs → dict; values are read as YAML (``8``, ``0.5``, ``[16,32]``, ``true``)."""
-    import yaml
-
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise Selma3dError(f"{flag} expects key=value, got {pair!r}")
-        try:
-            options[key.strip().replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise Selma3dError(f"{flag} {pair!r}: cannot read the value ({exc})") from None
-    return options
 
 
 def parse_patch_size(text: str) -> tuple[int, int, int]:

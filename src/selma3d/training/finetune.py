@@ -358,19 +358,10 @@ def plot_curves(rows: list[dict], png_path: Path) -> None:
 # --------------------------------------------------------------------------- building and running
 
 def parse_model_options(pairs: Sequence[str]) -> dict:
-    """``["features=[4,8,16]", "norm=batch"]`` → dict; values parsed as YAML scalars/lists."""
-    import yaml
+    """``["features=[4,8,16]", "norm=batch"]`` → dict (see :func:`selma3d.commands.options.parse_options`)."""
+    from ..commands.options import parse_options
 
-    options = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--model-option expects key=value, got {pair!r}")
-        try:
-            options[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise InputError(f"--model-option {pair!r}: cannot parse the value ({exc})") from None
-    return options
+    return parse_options(list(pairs or []), "--model-option")
 
 
 def build_network(config: FinetuneConfig) -> torch.nn.Module:
