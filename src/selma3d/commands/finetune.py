@@ -41,6 +41,13 @@ def register(app: typer.Typer) -> None:
                                                   "from `selma3d pretrain`."),
         freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the decoder; the "
                                             "encoder's weights and normalization statistics stay fixed."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="constant (one learning rate, warmup "
+                                               "then cosine) | sawtooth (decoder warm-up on a frozen encoder, then the "
+                                               "encoder at --encoder-lr-scale x the rate; default with --pretrained)."),
+        encoder_lr_scale: float = typer.Option(0.1, "--encoder-lr-scale", help="sawtooth: encoder learning "
+                                               "rate relative to --lr."),
+        decoder_warmup_fraction: float = typer.Option(0.2, "--decoder-warmup-fraction", help="sawtooth: share "
+                                                      "of the steps with the encoder frozen."),
         loss: str = typer.Option("dicece", "--loss", help="dice | dicece | dicefocal | dice+boundary | dice+cldice"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default 1000)."),
         batch_size: int = typer.Option(2, "--batch-size"),
@@ -94,6 +101,7 @@ def register(app: typer.Typer) -> None:
             config = FinetuneConfig(
                 data=str(data), out=str(out), model=model, model_options=parse_model_options(model_option),
                 pretrained=str(pretrained) if pretrained else None, freeze_encoder=freeze_encoder, loss=loss,
+                schedule=schedule, encoder_lr_scale=encoder_lr_scale, decoder_warmup_fraction=decoder_warmup_fraction,
                 max_steps=max_steps if max_steps is not None else 1000, batch_size=batch_size, lr=lr,
                 patch_size=tuple(sizes) if sizes else (64, 64, 64), seed=seed, structures=names,
                 val_fraction=val_fraction, folds=folds, fold=fold, checkpoint_every=checkpoint_every,

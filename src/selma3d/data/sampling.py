@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .normalize import estimate_volume_percentiles, normalize
+from .normalize import DEFAULT_NORMALIZATION, Normalization, normalize
 
 DEFAULT_FG_THRESHOLD = 500.0
 DEFAULT_FG_FRACTION = 0.1
@@ -108,7 +108,8 @@ class PatchSampler:
                  fg_fraction: float = DEFAULT_FG_FRACTION, max_tries: int = DEFAULT_MAX_TRIES,
                  normalize: bool = True, structures: Sequence[str] | None = None,
                  percentiles: dict[str, tuple[float, float]] | None = None,
-                 opener: Callable[[str], Any] | None = None):
+                 opener: Callable[[str], Any] | None = None,
+                 normalization: Normalization = DEFAULT_NORMALIZATION):
         if not sources:
             raise InputError("no volumes to sample patches from")
         if int(downsample_xy) < 1:
@@ -122,6 +123,7 @@ class PatchSampler:
         self.fg_fraction = float(fg_fraction)
         self.max_tries = max(1, int(max_tries))
         self.normalize = normalize
+        self.normalization = normalization
         self.structures = list(structures) if structures else sorted({s.structure for s in sources})
         missing = {s.structure for s in self.sources} - set(self.structures)
         if missing:
@@ -155,10 +157,10 @@ class PatchSampler:
         return self._open[index]
 
     def volume_percentiles(self, index: int) -> tuple[float, float]:
-        """Normalization percentiles of a volume, estimated once from a bounded subsample."""
+        """Normalization statistics (lo, hi) of a volume, estimated once from a bounded subsample."""
         name = self.sources[index].name
         if name not in self.percentiles:
-            self.percentiles[name] = estimate_volume_percentiles(self.volume(index))
+            self.percentiles[name] = self.normalization.volume_statistics(self.volume(index))
         return self.percentiles[name]
 
     # ------------------------------------------------------------------ sampling

@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..data.normalize import estimate_volume_percentiles, normalize, normalize_percentile
+from ..data.normalize import Normalization, normalize
 from ..errors import InputError, Selma3dError
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
 
@@ -127,11 +127,12 @@ def _triple(name: str, value, allow_zero: bool = False) -> tuple[int, int, int]:
 
 def predict_block_probabilities(model, volume, block: Block, halo: Sequence[int], patch_size: Sequence[int],
                                 norm_range: tuple[float, float] | None, overlap: float = 0.25,
-                                tta_flips=False, sw_batch_size: int = 2) -> np.ndarray:
+                                tta_flips=False, sw_batch_size: int = 2,
+                                normalization: Normalization | None = None) -> np.ndarray:
     """Float32 foreground probabilities of ``block``'s core, predicted from core + halo.
 
     ``norm_range`` = (lo, hi) of the whole volume; ``None`` normalizes the region by its own
-    percentiles. Sliding windows of ``patch_size`` with Gaussian blending cover the region.
+    statistics under ``normalization`` (the run's). Sliding windows of ``patch_size`` with Gaussian blending cover the region.
     """
     import torch
 
@@ -139,7 +140,7 @@ def predict_block_probabilities(model, volume, block: Block, halo: Sequence[int]
 
     region = region_of(block, halo, patch_size, volume.shape)
     raw = np.asarray(volume[region])
-    image = normalize(raw, *norm_range) if norm_range is not None else normalize_percentile(raw)
+    image = normalize(raw, *norm_range) if norm_range is not None else (normalization or Normalization())(raw)
     del raw
     x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(_model_device(model))
     del image
@@ -206,10 +207,11 @@ def _local_model(model, device: str | None):
 
 
 def _predict_task(model, device, volume, target: str, block: Block, halo, patch_size, norm_range, overlap,
-                  tta_flips, threshold: float, sw_batch_size: int) -> int:
+                  tta_flips, threshold: float, sw_batch_size: int, normalization: Normalization | None = None) -> int:
     model = _local_model(model, device)
     probs = predict_block_probabilities(model, _source(volume), block, halo, patch_size, norm_range,
-                                        overlap=overlap, tta_flips=tta_flips, sw_batch_size=sw_batch_size)
+                                        overlap=overlap, tta_flips=tta_flips, sw_batch_size=sw_batch_size,
+                                        normalization=normalization)
     _open_array(target)[block.core] = (probs > threshold).astype(np.uint8)
     return block.index
 
@@ -480,8 +482,7 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
 
     if not isinstance(run, LoadedRun):
         run = load_run(run, device=device)
-    if run.info.get("normalization", {}).get("method", "percentile") != "percentile":
-        raise Selma3dError(f"{run.path}: unsupported normalization {run.info['normalization'].get('method')!r}")
+    spec = run.normalization
     model = run.model.eval()
     divisor = _divisor(model)
     patch_size = tuple(int(p) for p in run.patch_size)
@@ -510,7 +511,7 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
 
     if state is None:
         output.mkdir(parents=True, exist_ok=True)
-        norm_range = (list(estimate_volume_percentiles(volume)) if normalization == "volume" else None)
+        norm_range = (list(spec.volume_statistics(volume)) if normalization == "volume" else None)
         state = {"format": PROGRESS_FORMAT, "identity": identity, "norm_range": norm_range,
                  "run": str(run.path), "done": {}, "complete": False}
     tracker = _Progress(output / PROGRESS_FILE, state)
@@ -547,7 +548,7 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
     slabs = sorted({b.start[0]: b.stop[0] for b in blocks}.items())
     phases = [("predict", {b.index: (_predict_task, ship_model, ship_device, volume_arg,
                                      raw_path if filtering else mask_path, b, halo, patch_size, norm_range,
-                                     overlap, tta_flips, threshold, sw_batch_size) for b in blocks})]
+                                     overlap, tta_flips, threshold, sw_batch_size, spec) for b in blocks})]
     if filtering:
         phases.append(("filter", {b.index: (_filter_task, raw_path, mask_path, b, int(min_size)) for b in blocks}))
     if kind == "tiff":

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data.normalize import normalize_percentile
+from ..data.normalize import DEFAULT_NORMALIZATION, Normalization
 from ..errors import InputError, Selma3dError
 from ..io.nifti import NIFTI_SUFFIXES, case_name, is_nifti, read_nifti, write_nifti
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
@@ -74,13 +74,19 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def predict_probabilities(model: torch.nn.Module, array: np.ndarray, patch_size: Sequence[int],
-                          overlap: float = 0.5, tta_flips=False, normalize: bool = True,
+                          overlap: float = 0.5, tta_flips=False, normalize: bool | Normalization = True,
                           sw_batch_size: int = 4, progress: bool = False) -> np.ndarray:
-    """Float32 (z, y, x) foreground probabilities of a raw (or already normalized) patch."""
+    """Float32 (z, y, x) foreground probabilities of a raw (or already normalized) patch.
+
+    ``normalize``: a :class:`Normalization` (the run's), ``True`` for the default one, or
+    ``False`` for an image that is already normalized.
+    """
     array = np.asarray(array)
     if array.ndim != 3:
         raise InputError(f"expected a 3D (z, y, x) image, got shape {array.shape}")
-    image = normalize_percentile(array) if normalize else np.asarray(array, dtype=np.float32)
+    if normalize is True:
+        normalize = DEFAULT_NORMALIZATION
+    image = normalize(array) if normalize else np.asarray(array, dtype=np.float32)
     was_training = model.training
     model.eval()
     try:
@@ -94,7 +100,7 @@ def predict_probabilities(model: torch.nn.Module, array: np.ndarray, patch_size:
 
 def predict_volume(model: torch.nn.Module, array: np.ndarray, patch_size: Sequence[int],
                    overlap: float = 0.5, tta_flips=False, threshold: float = 0.5,
-                   min_size: int = 0, normalize: bool = True, sw_batch_size: int = 4,
+                   min_size: int = 0, normalize: bool | Normalization = True, sw_batch_size: int = 4,
                    progress: bool = False) -> np.ndarray:
     """Binary uint8 (z, y, x) mask: probabilities > ``threshold``, components < ``min_size`` removed."""
     probs = predict_probabilities(model, array, patch_size, overlap=overlap, tta_flips=tta_flips,
@@ -125,14 +131,19 @@ class LoadedRun:
     def type(self) -> str:
         return str(self.info.get("type", "mixed"))
 
+    @property
+    def normalization(self) -> Normalization:
+        """The normalization the run was trained with (runs without a record: plain percentiles)."""
+        try:
+            return Normalization.from_dict(self.info.get("normalization"))
+        except InputError as exc:
+            raise Selma3dError(f"{self.path}: {exc}") from None
+
     def predict(self, array: np.ndarray, overlap: float = 0.5, tta_flips=False,
                 threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE) -> np.ndarray:
-        norm = self.info.get("normalization", {})
-        if norm.get("method", "percentile") != "percentile":
-            raise Selma3dError(f"{self.path}: unsupported normalization {norm.get('method')!r}")
         return predict_volume(self.model, array, self.patch_size, overlap=overlap, tta_flips=tta_flips,
                               threshold=self.threshold if threshold is None else threshold,
-                              min_size=min_size, normalize=True)
+                              min_size=min_size, normalize=self.normalization)
 
 
 def default_device() -> torch.device:

@@ -32,13 +32,14 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from .. import __version__
 from ..errors import InputError, Selma3dError
 from ..inference.predict import MODEL_FILE, RUN_FILE, save_model_file, sliding_window_probabilities
-from .finetune_data import NORMALIZATION, FinetuneDataModule
+from .finetune_data import FinetuneDataModule
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 CURVES_CSV = "curves.csv"
 CURVES_PNG = "curves.png"
 DEFAULT_MODEL = "unet3d"
+SCHEDULES = ("constant", "sawtooth")
 
 
 @dataclass
@@ -51,6 +52,9 @@ class FinetuneConfig:
     model_options: dict = field(default_factory=dict)
     pretrained: str | None = None
     freeze_encoder: bool = False
+    schedule: str | None = None  # constant | sawtooth; default: sawtooth with --pretrained
+    encoder_lr_scale: float = 0.1  # sawtooth: encoder learning rate relative to --lr
+    decoder_warmup_fraction: float = 0.2  # sawtooth: share of the steps with the encoder frozen
     loss: str = "dicece"
     max_steps: int = 1000
     batch_size: int = 2
@@ -87,6 +91,19 @@ class FinetuneConfig:
             raise InputError(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.structures is not None:
             self.structures = [s.strip() for s in self.structures if s.strip()] or None
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise InputError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.encoder_lr_scale <= 1:
+            raise InputError(f"--encoder-lr-scale must be in (0, 1], got {self.encoder_lr_scale}")
+        if not 0 <= self.decoder_warmup_fraction < 1:
+            raise InputError(f"--decoder-warmup-fraction must be in [0, 1), got {self.decoder_warmup_fraction}")
+
+    @property
+    def resolved_schedule(self) -> str:
+        """``sawtooth`` pays off only for an encoder worth protecting: a pretrained, unfrozen one."""
+        if self.schedule is not None:
+            return self.schedule
+        return "sawtooth" if self.pretrained and not self.freeze_encoder else "constant"
 
     @property
     def warmup(self) -> int:
@@ -149,7 +166,8 @@ class SegmentationModule(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, loss: str = "dicece", lr: float = 1e-3,
                  weight_decay: float = 1e-5, warmup_steps: int = 0, max_steps: int = 1000,
                  freeze_encoder: bool = False, patch_size: Sequence[int] = (64, 64, 64),
-                 threshold: float = 0.5, overlap: float = 0.5):
+                 threshold: float = 0.5, overlap: float = 0.5, schedule: str = "constant",
+                 encoder_lr_scale: float = 0.1, decoder_warmup_steps: int = 0):
         super().__init__()
         from .losses import build_loss
 
@@ -158,6 +176,9 @@ class SegmentationModule(pl.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps = warmup_steps, max_steps
         self.freeze_encoder = freeze_encoder
+        self.schedule = "constant" if freeze_encoder else schedule
+        self.encoder_lr_scale = float(encoder_lr_scale)
+        self.decoder_warmup_steps = int(decoder_warmup_steps) if self.schedule == "sawtooth" else 0
         self.patch_size = tuple(int(p) for p in patch_size)
         self.threshold, self.overlap = threshold, overlap
         self._val_rows: list[dict] = []
@@ -174,6 +195,15 @@ class SegmentationModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def encoder_is_warming(self, step: int) -> bool:
+        """Sawtooth phase 1: the decoder learns on a frozen encoder (no gradient computed for it)."""
+        return step < self.decoder_warmup_steps
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Derived from the global step alone, so a resumed run is in the same phase.
+        if self.schedule == "sawtooth":
+            self.model.encoder.requires_grad_(not self.encoder_is_warming(self.global_step))
 
     def training_step(self, batch, batch_idx):
         logits = self.model(batch["image"])
@@ -200,11 +230,31 @@ class SegmentationModule(pl.LightningModule):
             self.log(key, value, prog_bar=key == "val_dice", batch_size=1, sync_dist=True)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, self.warmup_steps, self.max_steps))
+        decoder_factor = lambda step: warmup_cosine(step, self.warmup_steps, self.max_steps)  # noqa: E731
+        if self.schedule != "sawtooth":
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            factors = [decoder_factor]
+        else:
+            # nnssl's "sawtooth": decoder warm-up on a frozen encoder, then the encoder joins with its
+            # own warm-up at a lower learning rate, so random decoder gradients never wreck it.
+            encoder = {id(p) for p in self.model.encoder.parameters()}
+            rest = [p for p in self.model.parameters() if id(p) not in encoder]
+            optimizer = torch.optim.AdamW([{"params": rest, "lr": self.lr},
+                                           {"params": list(self.model.encoder.parameters()),
+                                            "lr": self.lr * self.encoder_lr_scale}],
+                                          weight_decay=self.weight_decay)
+            factors = [decoder_factor, self.encoder_factor]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def encoder_factor(self, step: int) -> float:
+        """Sawtooth encoder learning-rate factor: 0 while warming the decoder, then its own linear
+        warm-up (as long as the decoder's) and the cosine decay of the rest of the run."""
+        if self.encoder_is_warming(step):
+            return 0.0
+        start = self.decoder_warmup_steps
+        return warmup_cosine(step - start, max(1, self.warmup_steps), max(1, self.max_steps - start))
 
 
 def summarize_validation(rows: list[dict]) -> dict[str, float]:
@@ -381,6 +431,18 @@ def build_network(config: FinetuneConfig) -> torch.nn.Module:
     return build_model(config.model or DEFAULT_MODEL, in_channels=1, out_channels=1, **config.model_options)
 
 
+def normalization_for(config: FinetuneConfig) -> "Normalization":
+    """The pretrained encoder's normalization (its adaptation plan), else the default one: an
+    encoder only transfers if it sees intensities scaled as in pretraining."""
+    from ..data.normalize import DEFAULT_NORMALIZATION, Normalization
+    from ..models import load_encoder_checkpoint
+
+    if not config.pretrained:
+        return DEFAULT_NORMALIZATION
+    saved = load_encoder_checkpoint(config.pretrained).get("normalization")
+    return Normalization.from_dict(saved) if saved else DEFAULT_NORMALIZATION
+
+
 def _versions() -> dict:
     import monai
 
@@ -395,13 +457,14 @@ def run_info(config: FinetuneConfig, model: torch.nn.Module, data: FinetuneDataM
         "status": status,
         "model": dict(model.config),
         "patch_size": list(config.patch_size),
-        "normalization": dict(NORMALIZATION),
+        "normalization": data.normalization.to_dict() | {"per": "patch"},
         "threshold": config.threshold,
         "overlap": config.overlap,
         "structures": data.structure_names,
         "type": data.structure_type,
         "split": {"train": sorted(c.name for c in data.train_cases), "val": sorted(c.name for c in data.val_cases)},
-        "training": asdict(config) | {"patch_size": list(config.patch_size)},
+        "training": asdict(config) | {"patch_size": list(config.patch_size),
+                                      "resolved_schedule": config.resolved_schedule},
         "best": best or {},
         "versions": _versions(),
     }
@@ -470,12 +533,15 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
                               batch_size=config.batch_size, val_fraction=config.val_fraction,
                               folds=config.folds, fold=config.fold, seed=config.seed,
                               num_workers=config.num_workers, samples_per_epoch=config.samples_per_epoch,
-                              augment_options={"strength": config.augment})
+                              augment_options={"strength": config.augment},
+                              normalization=normalization_for(config))
     data.setup("fit")
     module = SegmentationModule(model, loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
                                 warmup_steps=config.warmup, max_steps=config.max_steps,
                                 freeze_encoder=config.freeze_encoder, patch_size=config.patch_size,
-                                threshold=config.threshold, overlap=config.overlap)
+                                threshold=config.threshold, overlap=config.overlap,
+                                schedule=config.resolved_schedule, encoder_lr_scale=config.encoder_lr_scale,
+                                decoder_warmup_steps=int(config.decoder_warmup_fraction * config.max_steps))
     info = run_info(config, model, data, status="training")
     write_json(out / RUN_FILE, info)
 

@@ -1,7 +1,8 @@
 """Annotated patches for supervised finetuning: loading, checking, splitting, batching.
 
-Every patch is read once, percentile-normalized on its own (0.05–99.95 → [-1, 1], DESIGN.md)
-and kept in memory: SELMA3D has a handful of small patches, and re-reading/normalizing them on
+Every patch is read once, normalized on the statistics of the whole patch
+(:class:`selma3d.data.normalize.Normalization`: percentiles 0.05–99.95 → [-1, 1] with a noise
+floor, DESIGN.md) and kept in memory: SELMA3D has a handful of small patches, and re-reading/normalizing them on
 every step would cost more than the network on a CPU. Training draws foreground-balanced random
 crops with MONAI augmentations (``selma3d.training.augment``); validation sees whole held-out
 patches (sliding-window inference in the Lightning module).
@@ -20,13 +21,9 @@ import pytorch_lightning as pl
 import torch
 
 from ..data.layout import AnnotatedCase, load_dataset
-from ..data.normalize import HIGH_PERCENTILE, LOW_PERCENTILE, normalize_percentile
+from ..data.normalize import DEFAULT_NORMALIZATION, Normalization
 from ..errors import InputError
 from ..io.nifti import read_nifti
-
-NORMALIZATION = {"method": "percentile", "low": LOW_PERCENTILE, "high": HIGH_PERCENTILE, "per": "patch",
-                 "range": [-1.0, 1.0]}
-
 
 @dataclass
 class PatchCase:
@@ -53,14 +50,15 @@ def binarize_label(label: np.ndarray, where: str) -> np.ndarray:
     return (label > 0).astype(np.uint8)
 
 
-def load_case(case: AnnotatedCase, structure_type: str | None = None) -> PatchCase:
-    """Read, check and normalize one annotated case."""
+def load_case(case: AnnotatedCase, structure_type: str | None = None,
+              normalization: Normalization = DEFAULT_NORMALIZATION) -> PatchCase:
+    """Read, check and normalize one annotated case (statistics of the whole patch)."""
     image = read_nifti(case.image).array
     label = read_nifti(case.label).array
     if image.shape != label.shape:
         raise InputError(f"{case.image}: image shape {image.shape} differs from its label's {label.shape}")
     return PatchCase(name=case.case, structure=case.structure, type=structure_type or case.type,
-                     image=normalize_percentile(image), label=binarize_label(label, str(case.label)))
+                     image=normalization(image), label=binarize_label(label, str(case.label)))
 
 
 def split_cases(cases: Sequence, val_fraction: float = 0.2, seed: int = 0, folds: int | None = None,
@@ -114,8 +112,9 @@ class FinetuneDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str | os.PathLike, patch_size: Sequence[int], structures: Sequence[str] | None = None,
                  batch_size: int = 2, val_fraction: float = 0.2, folds: int | None = None,
                  fold: int | None = None, seed: int = 0, num_workers: int = 0, samples_per_epoch: int = 64,
-                 augment_options: dict | None = None):
+                 augment_options: dict | None = None, normalization: Normalization = DEFAULT_NORMALIZATION):
         super().__init__()
+        self.normalization = normalization
         self.data_dir = data_dir
         self.patch_size = tuple(int(p) for p in patch_size)
         self.structures = list(structures) if structures else None
@@ -148,8 +147,8 @@ class FinetuneDataModule(pl.LightningDataModule):
             raise InputError(f"{self.data_dir}: no annotated training patches{which} "
                              "(expected annotated/train/<structure>/<case>_img.nii.gz and _label.nii.gz)")
         train, val = split_cases(cases, self.val_fraction, self.seed, self.folds, self.fold)
-        self.train_cases = [load_case(c, dataset.type_of(c.structure)) for c in train]
-        self.val_cases = [load_case(c, dataset.type_of(c.structure)) for c in val]
+        self.train_cases = [load_case(c, dataset.type_of(c.structure), self.normalization) for c in train]
+        self.val_cases = [load_case(c, dataset.type_of(c.structure), self.normalization) for c in val]
 
     @property
     def structure_names(self) -> list[str]:

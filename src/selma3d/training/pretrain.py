@@ -28,7 +28,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from ..data.normalize import HIGH_PERCENTILE, LOW_PERCENTILE
+from ..data.normalize import DEFAULT_NORMALIZATION
 from ..errors import Selma3dError
 
 CHECKPOINT_NAME = "last.ckpt"
@@ -283,7 +283,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     sources = volumes_from_dataset(config.data, config.structures)
     dataset = PatchDataset(sources, config.patch_size, seed=config.seed, start_step=start_step,
                            downsample_xy=config.downsample_xy, fg_threshold=config.fg_threshold,
-                           fg_fraction=config.fg_fraction)
+                           fg_fraction=config.fg_fraction, normalization=DEFAULT_NORMALIZATION)
     percentiles = dataset.prepare()
     structures = dataset.structures
 
@@ -297,8 +297,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
         _atomic_write_text(run_dir / CONFIG_NAME, json.dumps(saved, indent=2, default=str))
 
     encoder_extra = {
-        "normalization": {"scheme": "percentile", "low": LOW_PERCENTILE, "high": HIGH_PERCENTILE,
-                          "range": [-1.0, 1.0], "estimated_per": "volume"},
+        "normalization": DEFAULT_NORMALIZATION.to_dict() | {"per": "volume"},
         "patch_size": list(config.patch_size),
         "downsample_xy": config.downsample_xy,
         "structures": structures,

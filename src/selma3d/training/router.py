@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.normalize import normalize_percentile
+from ..data.normalize import DEFAULT_NORMALIZATION
 from ..errors import InputError
 
 ROUTER_FILE = "router.pt"
@@ -58,7 +58,7 @@ class StructureRouter:
 
     @torch.no_grad()
     def probabilities(self, array: np.ndarray, normalized: bool = False) -> np.ndarray:
-        image = np.asarray(array, dtype=np.float32) if normalized else normalize_percentile(array)
+        image = np.asarray(array, dtype=np.float32) if normalized else DEFAULT_NORMALIZATION(array)
         image = _pad_to(image, self.crop_size)
         device = next(self.net.parameters()).device
         logits = self.net(torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device))

@@ -1,0 +1,80 @@
+"""Finetuning schedules: constant, and nnssl's sawtooth (decoder warm-up on a frozen encoder)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selma3d.errors import InputError
+from selma3d.training.finetune import FinetuneConfig, SegmentationModule, finetune, warmup_cosine
+
+
+def _config(data, out, **overrides):
+    options = dict(data=str(data), out=str(out), model="unet3d", model_options={"features": [4, 8, 16]},
+                   max_steps=8, batch_size=2, patch_size=(16, 16, 16), checkpoint_every=4, val_fraction=0.0,
+                   progress=False, num_workers=0, structures=["cfos"], lr=1e-2)
+    return FinetuneConfig(**(options | overrides))
+
+
+def test_sawtooth_is_the_default_only_for_a_trainable_pretrained_encoder(tmp_path):
+    assert _config(tmp_path, tmp_path).resolved_schedule == "constant"
+    assert _config(tmp_path, tmp_path, pretrained="e.pt").resolved_schedule == "sawtooth"
+    assert _config(tmp_path, tmp_path, pretrained="e.pt", freeze_encoder=True).resolved_schedule == "constant"
+    assert _config(tmp_path, tmp_path, schedule="sawtooth").resolved_schedule == "sawtooth"
+    with pytest.raises(InputError, match="--schedule"):
+        _config(tmp_path, tmp_path, schedule="zigzag")
+    with pytest.raises(InputError, match="--encoder-lr-scale"):
+        _config(tmp_path, tmp_path, encoder_lr_scale=0)
+
+
+def test_sawtooth_learning_rates_per_group():
+    from selma3d.models import build_model
+
+    module = SegmentationModule(build_model("unet3d", features=[4, 8, 16]), lr=1e-3, warmup_steps=2,
+                                max_steps=20, schedule="sawtooth", encoder_lr_scale=0.1, decoder_warmup_steps=5)
+    optimizer = module.configure_optimizers()["optimizer"]
+    decoder_group, encoder_group = optimizer.param_groups
+    encoder_ids = {id(p) for p in module.model.encoder.parameters()}
+    assert {id(p) for p in encoder_group["params"]} == encoder_ids
+    assert not encoder_ids & {id(p) for p in decoder_group["params"]}
+    assert encoder_group["initial_lr"] == pytest.approx(1e-4) and decoder_group["initial_lr"] == pytest.approx(1e-3)
+    # encoder: nothing while the decoder warms up, then its own warm-up, then cosine to the end
+    assert [module.encoder_factor(s) for s in range(5)] == [0.0] * 5
+    assert module.encoder_factor(5) == pytest.approx(0.5) and module.encoder_factor(6) == pytest.approx(1.0)
+    assert module.encoder_factor(19) == pytest.approx(warmup_cosine(14, 2, 15))
+    # constant: one group, one factor
+    plain = SegmentationModule(build_model("unet3d", features=[4, 8, 16]), schedule="constant")
+    assert len(plain.configure_optimizers()["optimizer"].param_groups) == 1
+
+
+def test_sawtooth_run_keeps_the_pretrained_encoder_during_decoder_warmup_then_trains_it(tiny_dataset, tmp_path,
+                                                                                      monkeypatch):
+    import json
+
+    from selma3d.models import build_model, save_encoder
+
+    source = build_model("unet3d", features=[4, 8, 16])
+    encoder_pt = save_encoder(source, tmp_path / "encoder.pt", method="test")
+    pretrained = {k: v.clone() for k, v in source.encoder.state_dict().items()}
+    decoder_start = {k: v.clone() for k, v in source.decoder.state_dict().items()}
+
+    seen = []  # (step, encoder unchanged?, decoder unchanged?) at the start of every training step
+    original = SegmentationModule.on_train_batch_start
+
+    def spy(self, batch, batch_idx):
+        original(self, batch, batch_idx)
+        enc = all(torch.equal(v, pretrained[k]) for k, v in self.model.encoder.state_dict().items())
+        seen.append((self.global_step, enc, self.model.encoder.stem.conv_0.conv.weight.requires_grad))
+
+    monkeypatch.setattr(SegmentationModule, "on_train_batch_start", spy)
+    config = _config(tiny_dataset, tmp_path / "saw", model=None, model_options={}, pretrained=str(encoder_pt),
+                     max_steps=6, decoder_warmup_fraction=0.5)
+    run = finetune(config)
+    assert json.loads((run / "run.json").read_text())["training"]["resolved_schedule"] == "sawtooth"
+    # steps 0-2 warm the decoder: the encoder is frozen and still the pretrained one after them
+    assert [s for s, _, _ in seen] == list(range(6))
+    assert [grad for _, _, grad in seen] == [False, False, False, True, True, True]
+    assert all(unchanged for _, unchanged, _ in seen[:4])
+    state = torch.load(run / "model.pt", weights_only=False)["state_dict"]
+    assert any(not torch.equal(state[f"encoder.{k}"], v) for k, v in pretrained.items())
+    assert any(not torch.equal(state[f"decoder.{k}"], v) for k, v in decoder_start.items())
