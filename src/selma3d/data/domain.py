@@ -115,15 +115,15 @@ TRAIN_DOMAINS: dict[str, Domain] = {
 # read_noise ↑: lower SNR), stronger stripes and attenuation.
 SHIFTED_DOMAINS: dict[str, Domain] = {
     "cfos": Domain(size=(1.3, 1.7), density=(0.15, 0.35), contrast=(4.0, 7.0),
-                   background=(500.0, 1200.0), background_variation=(0.35, 0.6), grain=(0.3, 0.5),
+                   background=(600.0, 1500.0), background_variation=(0.35, 0.6), grain=(0.3, 0.5),
                    psf_z=(1.8, 2.6), psf_xy=(0.7, 1.0), gain=(2.5, 4.5), read_noise=(12.0, 24.0),
                    stripes=(0.15, 0.35), attenuation=(1.0, 2.0)),
     "microglia": Domain(size=(1.3, 1.7), density=(0.5, 1.0), contrast=(5.0, 9.0),
-                        background=(500.0, 1200.0), background_variation=(0.35, 0.6),
+                        background=(600.0, 1500.0), background_variation=(0.35, 0.6),
                         grain=(0.3, 0.5), psf_z=(1.8, 2.6), psf_xy=(0.7, 1.0), gain=(2.5, 4.5),
                         read_noise=(12.0, 24.0), stripes=(0.15, 0.35), attenuation=(1.0, 2.0)),
     "vessel": Domain(size=(1.2, 1.6), density=(0.35, 0.6), contrast=(4.0, 7.0),
-                     background=(500.0, 1200.0), background_variation=(0.35, 0.6), grain=(0.3, 0.5),
+                     background=(600.0, 1500.0), background_variation=(0.35, 0.6), grain=(0.3, 0.5),
                      psf_z=(1.8, 2.6), psf_xy=(0.7, 1.0), gain=(2.5, 4.5), read_noise=(12.0, 24.0),
                      stripes=(0.15, 0.35), attenuation=(1.0, 2.0)),
 }
