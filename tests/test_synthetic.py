@@ -315,6 +315,24 @@ def test_domain_draws_are_deterministic_in_range_and_cover_it():
         Domain(size=(0.0, 1.0))  # log-uniform ranges must be positive
 
 
+#: the direction of the shift per parameter, as documented in selma3d.data.domain
+SHIFT_DIRECTION = {"size": +1, "contrast": -1, "background": +1, "background_variation": +1, "grain": +1,
+                   "psf_z": +1, "psf_xy": +1, "gain": +1, "read_noise": +1, "attenuation": +1}
+
+
+@pytest.mark.parametrize("structure", sorted(SHIFTED))
+def test_shifted_ranges_move_in_the_documented_direction_and_leave_the_training_range(structure):
+    train, shifted = TRAIN_DOMAINS[structure].as_dict(), SHIFTED_DOMAINS[structure].as_dict()
+    directions = dict(SHIFT_DIRECTION, **({"density": -1} if structure != "microglia" else {}))
+    for name, sign in directions.items():
+        (tlo, thi), (slo, shi) = train[name], shifted[name]
+        centre = (lambda lo, hi: math.sqrt(lo * hi)) if name in LOG_UNIFORM else (lambda lo, hi: (lo + hi) / 2)
+        assert sign * (centre(slo, shi) - centre(tlo, thi)) > 0, (structure, name)
+        assert (shi > thi) if sign > 0 else (slo < tlo), (structure, name)  # partly outside training
+    # stripes: always present in the shift, at a level training covers
+    assert shifted["stripes"][0] > train["stripes"][0] and shifted["stripes"][1] <= train["stripes"][1]
+
+
 def test_train_cases_vary_in_measured_size_background_noise_and_contrast():
     """Measured on the images, not the parameters: across 8 c-Fos training cases the mean cell
     volume varies > 2.5×, the background > 1.5×, the noise variance per background count (the

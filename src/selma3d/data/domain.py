@@ -108,26 +108,26 @@ TRAIN_DOMAINS: dict[str, Domain] = {
 }
 
 # The deliberately shifted distribution (``shifted_test``): what another lab, brain or
-# microscope does to the same structures. Direction of every change, relative to training:
-# larger (size ↑) and sparser (density ↓) objects, dimmer stain relative to background
-# (contrast ↓), brighter and more uneven background (background ↑, background_variation ↑),
-# a thicker light sheet (psf_z ↑), fewer photons per count and more read noise (gain ↑,
-# read_noise ↑: lower SNR), stronger stripes and attenuation.
+# microscope does to the same structures; each range reaches outside the training one (most
+# overlap it only at the edge), so the shift is partly outside what training saw. Direction of each change vs training:
+# larger objects (size ↑; c-Fos and vessels also sparser: density ↓), dimmer stain relative to
+# background (contrast ↓), brighter and more uneven background (background ↑,
+# background_variation ↑, grain ↑), a thicker light sheet and softer lateral focus (psf_z ↑,
+# psf_xy ↑), fewer photons per count and more read noise (gain ↑, read_noise ↑: lower SNR),
+# stronger attenuation, and stripes always present at a middle level (0.15–0.35, where training
+# spans 0–0.45). Tuned so that a per-case Otsu threshold still reaches Dice ~0.7–0.85 (strong
+# stripe shadows or fewer photons make Otsu split the background of sparse patches instead).
+_SHIFTED_MICROSCOPE = dict(background=(600.0, 1500.0), background_variation=(0.35, 0.6),
+                           grain=(0.3, 0.5), psf_z=(1.8, 2.6), psf_xy=(0.7, 1.0), gain=(2.5, 4.5),
+                           read_noise=(12.0, 24.0), stripes=(0.15, 0.35), attenuation=(1.0, 2.0))
 SHIFTED_DOMAINS: dict[str, Domain] = {
-    "cfos": Domain(size=(1.3, 1.7), density=(0.15, 0.35), contrast=(4.0, 7.0),
-                   background=(600.0, 1500.0), background_variation=(0.35, 0.6), grain=(0.3, 0.5),
-                   psf_z=(1.8, 2.6), psf_xy=(0.7, 1.0), gain=(2.5, 4.5), read_noise=(12.0, 24.0),
-                   stripes=(0.15, 0.35), attenuation=(1.0, 2.0)),
-    "microglia": Domain(size=(1.3, 1.7), density=(0.5, 1.0), contrast=(5.0, 9.0),
-                        background=(600.0, 1500.0), background_variation=(0.35, 0.6),
-                        grain=(0.3, 0.5), psf_z=(1.8, 2.6), psf_xy=(0.7, 1.0), gain=(2.5, 4.5),
-                        read_noise=(12.0, 24.0), stripes=(0.15, 0.35), attenuation=(1.0, 2.0)),
-    "vessel": Domain(size=(1.2, 1.6), density=(0.35, 0.6), contrast=(4.0, 7.0),
-                     background=(600.0, 1500.0), background_variation=(0.35, 0.6), grain=(0.3, 0.5),
-                     psf_z=(1.8, 2.6), psf_xy=(0.7, 1.0), gain=(2.5, 4.5), read_noise=(12.0, 24.0),
-                     stripes=(0.15, 0.35), attenuation=(1.0, 2.0)),
+    "cfos": Domain(size=(1.3, 1.7), density=(0.15, 0.35), contrast=(4.0, 7.0), **_SHIFTED_MICROSCOPE),
+    # microglia: larger cells with thicker processes at a similar density (they are already
+    # sparse: fewer would leave patches with one cell and nothing for a threshold to find)
+    "microglia": Domain(size=(1.3, 1.7), density=(0.5, 1.0), contrast=(5.0, 9.0), **_SHIFTED_MICROSCOPE),
+    "vessel": Domain(size=(1.2, 1.6), density=(0.35, 0.6), contrast=(4.0, 7.0), **_SHIFTED_MICROSCOPE),
 }
 
-SHIFT_DESCRIPTION = ("larger, sparser objects; dimmer stain over a brighter, more uneven "
-                     "background; wider z PSF; lower SNR (higher gain, more read noise); "
-                     "stronger stripes and attenuation")
+SHIFT_DESCRIPTION = ("larger objects (c-Fos and vessels also sparser); dimmer stain over a brighter, "
+                     "more uneven background; wider PSF, in z above all; lower SNR (higher gain, more "
+                     "read noise); stronger attenuation; stripes always present at a middle level")
