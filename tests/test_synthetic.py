@@ -259,6 +259,37 @@ def test_interrupted_run_resumes_and_never_looks_complete(tmp_path, monkeypatch)
         np.testing.assert_array_equal(fresh[key][0], resumed[key][0], err_msg=str(key))
 
 
+def test_a_run_killed_in_the_shifted_split_resumes_to_the_same_dataset(tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    real, calls = synthetic.make_patch, []
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_the_second_shifted_case(*args, **kwargs):
+        calls.append(args)
+        if [a[3] for a in calls].count("shifted_test") == 2:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "make_patch", killed_at_the_second_shifted_case)
+    with pytest.raises(Killed):
+        make_dataset(out, preset="tiny", seed=5, shift=True)
+    assert not out.exists()
+    done = len(calls) - 1
+    monkeypatch.setattr(synthetic, "make_patch", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    calls.clear()
+    make_dataset(out, preset="tiny", seed=5, shift=True)
+    n_cases = sum(n for per in PRESETS["tiny"].splits(shift=True).values() for n, _ in per.values())
+    assert len(calls) == n_cases - done  # finished cases, shifted ones included, were kept
+    monkeypatch.setattr(synthetic, "make_patch", real)
+    fresh = _arrays(make_dataset(tmp_path / "fresh", preset="tiny", seed=5, shift=True))
+    resumed = _arrays(out)
+    assert fresh.keys() == resumed.keys()
+    for key in fresh:
+        np.testing.assert_array_equal(fresh[key][0], resumed[key][0], err_msg=str(key))
+
+
 def test_refuses_bad_preset_and_non_empty_output(tmp_path):
     with pytest.raises(InputError, match="preset"):
         make_dataset(tmp_path / "x", preset="huge")
