@@ -50,7 +50,8 @@ def main():
     for case in dataset.annotated_cases():
         stats = measure(read_nifti(case.image).array, read_nifti(case.label).array)
         groups.setdefault((case.structure, case.split), []).append(stats)
-    print("| structure | split | n | Otsu Dice mean [min, max] | object vol | fg fraction | fg/bg | background | noise | SNR |")
+    print("| structure | split | n | Otsu Dice mean [min, max] | object vol | fg fraction | fg/bg "
+          "| background | noise | SNR |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (structure, split), rows in sorted(groups.items()):
         d = np.array([r["otsu_dice"] for r in rows])

@@ -428,7 +428,8 @@ def test_shift_writes_a_registered_shifted_test_split_and_records_it(tiny_datase
     c = next(c for c in cases if c.structure == "cfos")
     key = synthetic._case_key(0, "cfos", synthetic.SPLIT_IDS["shifted_test"], 0)
     image = read_nifti(c.image).array
-    np.testing.assert_array_equal(image, make_imager("cfos", image.shape, key, False, SHIFTED_DOMAINS["cfos"]).render()[0])
+    shifted_render = make_imager("cfos", image.shape, key, False, SHIFTED_DOMAINS["cfos"]).render()[0]
+    np.testing.assert_array_equal(image, shifted_render)
     assert not np.array_equal(image, make_imager("cfos", image.shape, key, False).render()[0])
     # adding the shifted split changes nothing else: the other splits are byte-identical
     plain, shifted = _arrays(tiny_dataset), _arrays(out)
