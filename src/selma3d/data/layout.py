@@ -25,7 +25,11 @@ STRUCTURE_TYPES: dict[str, str] = {
     "plaque": "spot",
     "microglia": "tree",
 }
-SPLITS = ("train", "preliminary_test", "final_test")
+#: ``shifted_test``: a test split drawn from a deliberately different distribution than
+#: training (``selma3d synth --shift``; ``dataset.json`` → ``shifted_splits`` says how).
+SHIFTED_SPLIT = "shifted_test"
+SPLITS = ("train", "preliminary_test", "final_test", SHIFTED_SPLIT)
+TEST_SPLITS = ("preliminary_test", "final_test", SHIFTED_SPLIT)
 IMAGE_SUFFIX = "_img"
 LABEL_SUFFIX = "_label"
 
@@ -80,6 +84,22 @@ class Dataset:
     def spacing_of(self, structure: str) -> tuple[float, float, float]:
         info = self.structures.get(structure, {})
         return tuple(float(v) for v in info.get("spacing_zyx", (1.0, 1.0, 1.0)))
+
+    @property
+    def splits(self) -> list[str]:
+        """Annotated splits present on disk (folders under ``annotated/``)."""
+        base = self.root / "annotated"
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+    @property
+    def shifted_splits(self) -> dict[str, dict]:
+        """Splits drawn from another distribution than training, with how they differ
+        (``{"shifted_test": {"relative_to": "train", "description": ...}}``), from dataset.json."""
+        return dict(self.meta.get("shifted_splits", {}))
+
+    def domain_of(self, split: str, structure: str) -> dict | None:
+        """The parameter ranges ``split``'s ``structure`` cases were drawn from, if recorded."""
+        return self.meta.get("domains", {}).get(split, {}).get(structure)
 
     def annotated_cases(self, split: str | None = None,
                         structures: list[str] | None = None) -> list[AnnotatedCase]:

@@ -5,7 +5,9 @@ somata; tapered capsules for vessel and microglia-process segments) inside a wor
 rasterized region by region: :meth:`Scene.rasterize` fills any z-range of planes, so a volume of
 10⁹ voxels never has to be in memory and a slab gives exactly the same voxels as the whole.
 
-All generators take a ``numpy.random.Generator`` and are deterministic for it. Coordinates are
+All generators take a ``numpy.random.Generator`` and are deterministic for it, a ``density``
+(objects per volume, × the generator's default) and a ``size`` (radius scale of cells, nuclei,
+plaques, somata and tubes, × the default; spacing between objects scales with it). Coordinates are
 (z, y, x) in µm; voxel ``(k, j, i)`` has its centre at ``(k, j, i) * spacing``.
 No library draws vascular trees or blob phantoms with exact ground truth at this scale, so the
 geometry is written here by hand (cKDTree from scipy finds loop partners).
@@ -214,14 +216,14 @@ def _branch_direction(direction, angle, rng):
 
 
 # ---------------------------------------------------------------------- spot structures
-def cfos_cells(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
-    """Sparse c-Fos+ nuclei: small ellipsoids (radius ~3–5 µm) of varying brightness,
-    never touching (a hard-core point process)."""
+def cfos_cells(shape_zyx, spacing_zyx, rng, density: float = 1.0, size: float = 1.0) -> Scene:
+    """Sparse c-Fos+ nuclei: small ellipsoids (radius ~3–5 µm × ``size``) of varying
+    brightness, never touching (a hard-core point process)."""
     scene = Scene(tuple(shape_zyx), tuple(spacing_zyx))
     extent = world_extent(shape_zyx, spacing_zyx)
-    centres = hard_core_points(extent, 6.0e-5 * density, min_distance=12.0, rng=rng)
+    centres = hard_core_points(extent, 6.0e-5 * density, min_distance=12.0 * max(1.0, size), rng=rng)
     n = len(centres)
-    radius = rng.uniform(3.2, 5.0, n)
+    radius = rng.uniform(3.2, 5.0, n) * size
     axes = radius[:, None] * rng.uniform(0.85, 1.15, (n, 3))
     brightness = rng.uniform(0.45, 1.0, n)
     scene.add_ellipsoids(centres, axes, random_rotations(n, rng), brightness)
@@ -229,29 +231,29 @@ def cfos_cells(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
     return scene
 
 
-def cell_nuclei(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
-    """Dense nuclei (human brain): ellipsoids of radius ~3.5–5 µm packed densely
-    (centres only 7 µm apart at least), so many touch their neighbours."""
+def cell_nuclei(shape_zyx, spacing_zyx, rng, density: float = 1.0, size: float = 1.0) -> Scene:
+    """Dense nuclei (human brain): ellipsoids of radius ~3.5–5 µm × ``size`` packed densely
+    (centres only 7 µm × ``size`` apart at least), so many touch their neighbours."""
     scene = Scene(tuple(shape_zyx), tuple(spacing_zyx))
     extent = world_extent(shape_zyx, spacing_zyx)
-    centres = hard_core_points(extent, 6.0e-4 * density, min_distance=7.0, rng=rng)
+    centres = hard_core_points(extent, 6.0e-4 * density / size ** 3, min_distance=7.0 * size, rng=rng)
     n = len(centres)
-    axes = np.stack([rng.uniform(3.0, 4.2, n), rng.uniform(3.6, 5.0, n), rng.uniform(3.6, 5.0, n)], 1)
+    axes = size * np.stack([rng.uniform(3.0, 4.2, n), rng.uniform(3.6, 5.0, n), rng.uniform(3.6, 5.0, n)], 1)
     brightness = rng.uniform(0.5, 1.0, n)
     scene.add_ellipsoids(centres, axes, random_rotations(n, rng), brightness)
     scene.n_objects = n
     return scene
 
 
-def amyloid_plaques(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
-    """Aβ plaques: irregular blobs of many sizes (log-normal radius 3–25 µm), each a bright
-    dense core with a cluster of overlapping satellite ellipsoids around it."""
+def amyloid_plaques(shape_zyx, spacing_zyx, rng, density: float = 1.0, size: float = 1.0) -> Scene:
+    """Aβ plaques: irregular blobs of many sizes (log-normal radius 3–22 µm × ``size``), each
+    a bright dense core with a cluster of overlapping satellite ellipsoids around it."""
     scene = Scene(tuple(shape_zyx), tuple(spacing_zyx))
     extent = world_extent(shape_zyx, spacing_zyx)
-    seeds = hard_core_points(extent, 6.0e-6 * density, min_distance=30.0, rng=rng)
+    seeds = hard_core_points(extent, 6.0e-6 * density, min_distance=30.0 * max(1.0, size), rng=rng)
     centres, axes, brightness = [], [], []
     for c in seeds:
-        r = float(np.clip(rng.lognormal(np.log(7.0), 0.45), 3.0, 22.0))
+        r = size * float(np.clip(rng.lognormal(np.log(7.0), 0.45), 3.0, 22.0))
         b = rng.uniform(0.5, 1.0)
         centres.append(c)
         axes.append(r * rng.uniform(0.8, 1.2, 3))
@@ -389,13 +391,14 @@ def _entry_point(extent, rng):
     return p, d
 
 
-def vessel_tree(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
+def vessel_tree(shape_zyx, spacing_zyx, rng, density: float = 1.0, size: float = 1.0) -> Scene:
     """Vascular trees entering from the faces of the world — some thick trunks (radius
-    5–9 µm), most small arterioles (2.5–4 µm) — branching down to capillaries at the connectivity floor, with a few anastomoses (loops).
-    Trees are added until the vessel volume reaches ~2.5 % of the world (times ``density``)."""
+    5–9 µm × ``size``), most small arterioles (2.5–4 µm × ``size``) — branching down to
+    capillaries (2 µm × ``size``, never below the connectivity floor), with a few anastomoses
+    (loops). Trees are added until the vessel volume reaches ~2.5 % of the world (× ``density``)."""
     scene = Scene(tuple(shape_zyx), tuple(spacing_zyx))
     extent = world_extent(shape_zyx, spacing_zyx)
-    r_min = max(2.0, _min_radius(spacing_zyx))
+    r_min = max(2.0 * size, _min_radius(spacing_zyx))
     target = 0.025 * density * float(np.prod(extent + np.asarray(spacing_zyx)))
     builder = _TreeBuilder(extent, rng, r_min=r_min, segment_length=(10.0, 22.0),
                            branch_prob=0.22, turn_sd=0.25)
@@ -411,7 +414,8 @@ def vessel_tree(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
         else:
             # a new vessel entering the world; most brain vessels are capillaries, few are trunks
             start, direction = _entry_point(extent, rng)
-            root_radius = rng.uniform(5.0, 9.0) if rng.random() < 0.3 else rng.uniform(2.5, 4.0)
+            root_radius = size * (rng.uniform(5.0, 9.0) if rng.random() < 0.3 else rng.uniform(2.5, 4.0))
+            root_radius = max(root_radius, r_min)
             builder.grow(start, direction, root_radius, budget)
             trees += 1
         for i0, i1, ra, rb in builder.segments[first:]:
@@ -427,9 +431,10 @@ def vessel_tree(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
     return scene
 
 
-def microglia_cells(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
-    """Microglia: a small soma (radius ~4–5 µm) with 4–7 thin processes that branch 1–3
-    times and reach 15–40 µm; cells are spread so their arbours rarely touch."""
+def microglia_cells(shape_zyx, spacing_zyx, rng, density: float = 1.0, size: float = 1.0) -> Scene:
+    """Microglia: a small soma (radius ~4–5.5 µm × ``size``) with 4–7 thin processes (radius
+    1.2–1.5 × the connectivity floor × ``size``, never below it) that branch 1–3 times and reach
+    15–40 µm; cells are spread so their arbours rarely touch."""
     scene = Scene(tuple(shape_zyx), tuple(spacing_zyx))
     extent = world_extent(shape_zyx, spacing_zyx)
     r_min = _min_radius(spacing_zyx)
@@ -438,7 +443,7 @@ def microglia_cells(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
         somata = (extent * rng.uniform(0.35, 0.65, 3))[None]
     p0s, p1s, r0s, r1s = [], [], [], []
     for soma in somata:
-        r_soma = rng.uniform(4.0, 5.5)
+        r_soma = rng.uniform(4.0, 5.5) * size
         scene.add_ellipsoids(soma[None], (r_soma * rng.uniform(0.8, 1.2, 3))[None],
                              random_rotations(1, rng), [rng.uniform(0.8, 1.0)])
         builder = _TreeBuilder(extent, rng, r_min=r_min, segment_length=(4.0, 8.0),
@@ -447,7 +452,7 @@ def microglia_cells(shape_zyx, spacing_zyx, rng, density: float = 1.0) -> Scene:
             direction = _unit(rng.normal(size=3))
             start = soma + direction * r_soma * 0.6  # inside the soma, so the cell is one piece
             if builder.inside(start):  # a process may only leave the world, never enter it
-                builder.grow(start, direction, max(r_min, rng.uniform(1.2, 1.5) * r_min),
+                builder.grow(start, direction, max(r_min, size * rng.uniform(1.2, 1.5) * r_min),
                              int(rng.integers(5, 11)))
         p0, p1, r0, r1 = builder.capsules()
         p0s.append(p0), p1s.append(p1), r0s.append(r0), r1s.append(r1)

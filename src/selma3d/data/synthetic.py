@@ -5,6 +5,12 @@ nuclei (spot, human), Aβ plaques (spot, mouse), microglia (tree, mouse; test sp
 drawn as geometric phantoms (:mod:`.phantoms`) and imaged like a light-sheet microscope
 (:mod:`.imaging`). Labels are the structure before blur and noise.
 
+Every case and volume draws its own object size and density, contrast, PSF, noise, background,
+stripes and attenuation from its structure's :class:`~.domain.Domain` (deterministically from
+the case key). With ``shift=True`` a ``shifted_test`` split is added, drawn from deliberately
+different ranges (:data:`~.domain.SHIFTED_DOMAINS`); ``dataset.json`` records the ranges of
+every split and the values each case drew.
+
 Presets: ``tiny`` (seconds, for tests), ``small`` (about a minute, enough for a real
 finetuning run on CPU) and ``full`` (the challenge's shape: hundreds of annotated patches and
 35 unannotated volumes of 1024³ voxels and more, generated slab by slab with bounded memory).
@@ -27,11 +33,12 @@ import numpy as np
 from ..errors import InputError
 from ..io.nifti import write_nifti
 from ..io.tiffstack import write_slices
-from .imaging import LightSheetImager, Optics
-from .layout import SPLITS, STRUCTURE_TYPES
+from .domain import SHIFT_DESCRIPTION, SHIFTED_DOMAINS, TRAIN_DOMAINS, Domain, optics_from
+from .imaging import LightSheetImager
+from .layout import SHIFTED_SPLIT, STRUCTURE_TYPES
 from .phantoms import GENERATORS, Scene
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MOUSE_SPACING = (2.0, 1.625, 1.625)  # µm (z, y, x)
 HUMAN_SPACING = (2.0, 1.0, 1.0)
 
@@ -41,7 +48,7 @@ class StructureSpec:
     name: str
     species: str
     spacing_zyx: tuple[float, float, float]
-    optics: Optics
+    domain: Domain  # the training distribution of specimen and microscope
 
     @property
     def type(self) -> str:
@@ -49,21 +56,15 @@ class StructureSpec:
 
 
 STRUCTURES: dict[str, StructureSpec] = {
-    "vessel": StructureSpec("vessel", "mouse", MOUSE_SPACING,
-                            Optics(signal=7000.0, background=400.0, stripes=0.35)),
-    "cfos": StructureSpec("cfos", "mouse", MOUSE_SPACING,
-                          Optics(signal=4500.0, background=350.0)),
-    "nucleus": StructureSpec("nucleus", "human", HUMAN_SPACING,
-                             Optics(psf_sigma_zyx=(1.2, 0.8, 0.8), signal=3200.0, background=450.0,
-                                    stripes=0.2)),
-    "plaque": StructureSpec("plaque", "mouse", MOUSE_SPACING,
-                            Optics(signal=26000.0, background=300.0, grain=0.4)),
-    "microglia": StructureSpec("microglia", "mouse", MOUSE_SPACING,
-                               Optics(signal=4500.0, background=350.0)),
+    name: StructureSpec(name, "human" if name == "nucleus" else "mouse",
+                        HUMAN_SPACING if name == "nucleus" else MOUSE_SPACING, TRAIN_DOMAINS[name])
+    for name in ("vessel", "cfos", "nucleus", "plaque", "microglia")
 }
 STRUCTURE_IDS = {name: i for i, name in enumerate(STRUCTURES)}
-SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
-UNANNOTATED_SPLIT_ID = len(SPLITS)
+#: splits drawn from another distribution than training, and the domains they draw from
+SHIFTED: dict[str, dict[str, Domain]] = {SHIFTED_SPLIT: SHIFTED_DOMAINS}
+SPLIT_IDS = {"train": 0, "preliminary_test": 1, "final_test": 2, SHIFTED_SPLIT: 4}
+UNANNOTATED_SPLIT_ID = 3
 #: patches are cut from a virtual specimen of this size (for the background/illumination fields)
 PATCH_SPECIMEN = (1024, 1024, 1024)
 
@@ -78,6 +79,16 @@ class Preset:
     slab_depth: int = 32
     description: str = ""
     notes: dict = field(default_factory=dict)
+
+    @property
+    def shifted(self) -> dict[str, tuple[int, tuple[int, int, int]]]:
+        """The ``shifted_test`` split: final_test's c-Fos and microglia cases, plus as many
+        vessel cases as c-Fos ones (same shape), so both structure types are tested."""
+        final = self.annotated["final_test"]
+        return {"cfos": final["cfos"], "microglia": final["microglia"], "vessel": final["cfos"]}
+
+    def splits(self, shift: bool) -> dict[str, dict[str, tuple[int, tuple[int, int, int]]]]:
+        return {**self.annotated, SHIFTED_SPLIT: self.shifted} if shift else dict(self.annotated)
 
 
 def _cube(n):
@@ -134,35 +145,58 @@ def _case_key(seed: int, structure: str, split_id: int, index: int) -> tuple[int
     return (int(seed), STRUCTURE_IDS[structure], split_id, int(index))
 
 
-def make_scene(structure: str, shape_zyx, key: tuple[int, ...]) -> Scene:
+def domain_of(structure: str, split: str | None = "train") -> Domain:
+    """The distribution a case of ``split`` draws from (``None``: unannotated volumes)."""
+    if split in SHIFTED:
+        return SHIFTED[split][structure]
+    return STRUCTURES[structure].domain
+
+
+def draw_parameters(structure: str, key: tuple[int, ...], domain: Domain | None = None) -> dict[str, float]:
+    """The specimen and microscope of one case, drawn from ``domain`` (default: training)."""
+    domain = STRUCTURES[structure].domain if domain is None else domain
+    return domain.draw(np.random.default_rng([*key, 40]))
+
+
+def case_parameters(structure: str, seed: int = 0, split: str | None = "train", index: int = 0) -> dict[str, float]:
+    """What annotated case ``index`` of ``split`` (``None``: unannotated volume) drew."""
+    split_id = UNANNOTATED_SPLIT_ID if split is None else SPLIT_IDS[split]
+    return draw_parameters(structure, _case_key(seed, structure, split_id, index), domain_of(structure, split))
+
+
+def make_scene(structure: str, shape_zyx, key: tuple[int, ...], domain: Domain | None = None) -> Scene:
     """The phantom of one case; at least one object (patches are cut where there is some)."""
     spec = STRUCTURES[structure]
+    params = draw_parameters(structure, key, domain)
     rng = np.random.default_rng([*key, 10])
     for _ in range(100):
         scene = GENERATORS[structure](tuple(shape_zyx), spec.spacing_zyx, rng,
-                                      density=float(rng.uniform(0.75, 1.25)))
+                                      density=params["density"], size=params["size"])
         if scene.n_objects > 0:
             return scene
     raise RuntimeError(f"could not place any {structure} in a patch of {shape_zyx}")  # pragma: no cover
 
 
-def make_imager(structure: str, shape_zyx, key: tuple[int, ...], whole_specimen: bool) -> LightSheetImager:
-    """Scene plus microscope for one patch (cut from a larger specimen) or one whole volume."""
-    spec = STRUCTURES[structure]
-    scene = make_scene(structure, shape_zyx, key)
+def make_imager(structure: str, shape_zyx, key: tuple[int, ...], whole_specimen: bool,
+                domain: Domain | None = None) -> LightSheetImager:
+    """Scene plus microscope for one patch (cut from a larger specimen) or one whole volume,
+    both drawn from ``domain`` (default: the structure's training distribution)."""
+    optics = optics_from(draw_parameters(structure, key, domain))
+    scene = make_scene(structure, shape_zyx, key, domain)
     if whole_specimen:
-        return LightSheetImager(scene, spec.optics, key=(*key, 20), tissue=True)
+        return LightSheetImager(scene, optics, key=(*key, 20), tissue=True)
     rng = np.random.default_rng([*key, 30])
     origin = [int(rng.integers(0, max(1, p - s))) for p, s in zip(PATCH_SPECIMEN, shape_zyx)]
-    return LightSheetImager(scene, spec.optics, key=(*key, 20), origin_zyx=origin,
+    return LightSheetImager(scene, optics, key=(*key, 20), origin_zyx=origin,
                             specimen_shape=PATCH_SPECIMEN)
 
 
 def make_patch(structure: str, shape_zyx, seed: int = 0, split: str = "train",
                index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One annotated patch: (image int16, label uint8), both (z, y, x)."""
-    imager = make_imager(structure, shape_zyx, _case_key(seed, structure, SPLIT_IDS[split], index), False)
-    return imager.render()
+    """One annotated patch: (image int16, label uint8), both (z, y, x); a shifted split
+    draws from its shifted domain."""
+    key = _case_key(seed, structure, SPLIT_IDS[split], index)
+    return make_imager(structure, shape_zyx, key, False, domain_of(structure, split)).render()
 
 
 def volume_imager(structure: str, shape_zyx, seed: int = 0, index: int = 0) -> LightSheetImager:
@@ -195,15 +229,33 @@ def _case_names(count: int, structure: str) -> list[str]:
     return [f"{structure}_{i:03d}" for i in range(count)]
 
 
-def dataset_meta(preset: Preset, seed: int) -> dict:
+def _rounded(params: dict[str, float]) -> dict[str, float]:
+    return {k: float(f"{v:.4g}") for k, v in params.items()}
+
+
+def dataset_meta(preset: Preset, seed: int, shift: bool = False) -> dict:
+    """``dataset.json``: structures, splits, and how every split was drawn — the ranges of its
+    domain (``domains``), which splits are shifted and how (``shifted_splits``), and the values
+    each case drew (``case_parameters``), so a report can say what a shift was."""
+    annotated = preset.splits(shift)
     splits = {split: {s: _case_names(n, s) for s, (n, _shape) in per.items()}
-              for split, per in preset.annotated.items()}
+              for split, per in annotated.items()}
     unannotated = {s: _case_names(len(shapes), s) for s, shapes in preset.unannotated.items()}
     structures = {name: {"type": spec.type, "spacing_zyx": list(spec.spacing_zyx), "species": spec.species}
                   for name, spec in STRUCTURES.items()}
+    domains = {split: {s: domain_of(s, split).as_dict() for s in per} for split, per in annotated.items()}
+    domains["unannotated"] = {s: domain_of(s, None).as_dict() for s in preset.unannotated}
+    shifted = {split: {"relative_to": "train", "description": SHIFT_DESCRIPTION}
+               for split in annotated if split in SHIFTED}
+    params = {split: {s: {name: _rounded(case_parameters(s, seed, split, i))
+                          for i, name in enumerate(names)} for s, names in per.items()}
+              for split, per in splits.items()}
+    params["unannotated"] = {s: {name: _rounded(case_parameters(s, seed, None, i)) for i, name in enumerate(names)}
+                             for s, names in unannotated.items()}
     return {"name": f"selma3d-synthetic-{preset.name}", "preset": preset.name, "seed": int(seed),
             "format_version": FORMAT_VERSION, "structures": structures, "splits": splits,
-            "unannotated": unannotated}
+            "unannotated": unannotated, "shifted_splits": shifted, "domains": domains,
+            "case_parameters": params}
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -217,8 +269,9 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
 
 
 def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, progress: bool = False,
-                 overwrite: bool = False) -> Path:
-    """Write a synthetic SELMA3D-like dataset to ``out`` and return its path."""
+                 overwrite: bool = False, shift: bool = False) -> Path:
+    """Write a synthetic SELMA3D-like dataset to ``out`` and return its path; with ``shift``,
+    also the ``shifted_test`` split (drawn from :data:`~.domain.SHIFTED_DOMAINS`)."""
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     spec = PRESETS[preset]
@@ -226,7 +279,7 @@ def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, pr
     _prepare_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial"
-    stamp = {"preset": preset, "seed": int(seed), "format_version": FORMAT_VERSION}
+    stamp = {"preset": preset, "seed": int(seed), "format_version": FORMAT_VERSION, "shift": bool(shift)}
     stamp_path = partial / "synth.json"
     if partial.exists():
         try:
@@ -239,7 +292,7 @@ def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, pr
     stamp_path.write_text(json.dumps(stamp))
 
     jobs = []  # (kind, split, structure, index, shape)
-    for split, per in spec.annotated.items():
+    for split, per in spec.splits(shift).items():
         for structure, (count, shape) in per.items():
             jobs += [("case", split, structure, i, shape) for i in range(count)]
     for structure, shapes in spec.unannotated.items():
@@ -267,7 +320,7 @@ def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, pr
                 imager = volume_imager(structure, shape, seed, index)
                 write_volume(folder, imager, spec.slab_depth, on_slab=advance)
 
-    meta = dataset_meta(spec, seed)
+    meta = dataset_meta(spec, seed, shift)
     (partial / "dataset.json").write_text(json.dumps(meta, indent=2))
     stamp_path.unlink()
     if out.exists():
