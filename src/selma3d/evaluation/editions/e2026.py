@@ -1,0 +1,122 @@
+"""The 2026 edition (repo YingChen7/SELMA3D2026_evaluation, ``evaluate.py``).
+
+Routing by the case name's prefix (``str.startswith``, case-sensitive, as the scorer does):
+contiguous structures → Dice and clDice; isolated structures → Dice and panoptic quality.
+
+* Dice: 2|P∩G| / (|P| + |G|); 1 when both are empty, 0 when exactly one is.
+* clDice: panoptica's ``_compute_centerline_dice_coefficient(reference=G, prediction=P)``:
+  2·tprec·tsens / (tprec + tsens) with no smoothing, so an empty skeleton on either side
+  (an empty or disjoint prediction...) gives 0/0 = NaN, and one NaN makes ``con_cldice_mean``
+  NaN for the whole submission.
+* PQ: panoptica's ``pq_dsc`` (see :mod:`selma3d.evaluation.panoptic`), NaN when neither mask
+  has an object.
+* Aggregates: ``statistics.mean`` / ``stdev`` per category and metric.
+
+Both clDice and PQ run on the union's bounding box plus one zero voxel (exact: skeletons
+never see beyond a component's 3×3×3 neighbourhood; see metrics and panoptic modules).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ..metrics import dice
+from ..panoptic import instance_scores, panoptica_result, union_crop
+from .base import Edition, Pitfall, aggregation_pitfalls, mean_std
+
+CONTIGUOUS = ("axonalmarker", "blood_vessel", "gutnerve", "lymphatic_vessel", "peripheral_nerve")
+ISOLATED = ("AD_plaques", "cell_nuclei", "cfos_neuron", "microglia", "protein")
+PQ_MATCHING_THRESHOLD = 0.3
+
+METRICS = {"isolated": ("dice", "panoptic_quality"), "contiguous": ("dice", "cldice")}
+HIGHER_IS_BETTER = {"dice": True, "panoptic_quality": True, "cldice": True}
+
+
+def route_by_prefix(case: str) -> str | None:
+    """"contiguous", "isolated" or None, tested in the scorer's order (contiguous first)."""
+    if case.startswith(CONTIGUOUS):
+        return "contiguous"
+    if case.startswith(ISOLATED):
+        return "isolated"
+    return None
+
+
+def route(case: str, structure: str | None, structure_type: str | None) -> str | None:
+    forced = route_by_prefix(structure) if structure else None
+    return forced or route_by_prefix(case)
+
+
+def panoptica_cldice(gt: np.ndarray, pred: np.ndarray) -> float:
+    """panoptica's clDice of the two masks (uint8 0/1, as the scorer passes them), on their crop."""
+    from panoptica.metrics.cldice import _compute_centerline_dice_coefficient
+
+    gt, pred = union_crop(gt, pred)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")
+        return float(_compute_centerline_dice_coefficient(gt.astype(np.uint8), pred.astype(np.uint8)))
+
+
+def _empty_note(gt: np.ndarray, pred: np.ndarray) -> str:
+    gt_any, pred_any = bool(gt.any()), bool(pred.any())
+    if not (gt_any or pred_any):
+        return "both masks are empty"
+    if not pred_any:
+        return "the prediction is empty"
+    if not gt_any:
+        return "the ground truth is empty"
+    if not (gt & pred).any():
+        return "the prediction does not touch the ground truth"
+    return "a skeleton is empty or misses the other mask entirely"
+
+
+def score(category: str, gt: np.ndarray, pred: np.ndarray) -> tuple[dict, list[Pitfall]]:
+    values: dict = {"dice": dice(gt, pred)}
+    pitfalls = []
+    if category == "contiguous":
+        values["cldice"] = panoptica_cldice(gt, pred)
+        if math.isnan(values["cldice"]):
+            both_empty = not (gt.any() or pred.any())
+            pitfalls.append(Pitfall(
+                "nan_cldice",
+                f"clDice is NaN ({_empty_note(gt, pred)}): the 2026 scorer keeps it, so "
+                "con_cldice_mean and con_cldice_std become NaN for the whole submission"
+                + ("" if both_empty else " (--strict scores it 0)"),
+                {} if both_empty else {"cldice": 0.0}))
+        return values, pitfalls
+    result = panoptica_result(gt, pred, PQ_MATCHING_THRESHOLD)
+    values["panoptic_quality"] = float(result.pq_dsc)
+    values["instances"] = instance_scores(result, PQ_MATCHING_THRESHOLD)
+    if math.isnan(values["panoptic_quality"]):
+        pitfalls.append(Pitfall(
+            "nan_panoptic_quality",
+            "panoptic quality is NaN (neither mask has an object): the 2026 scorer keeps it, so "
+            "iso_panoptic_quality_mean and _std become NaN for the whole submission"))
+    return values, pitfalls
+
+
+def official(cases: list[dict]) -> dict:
+    results = [{m: case[m] for m in METRICS[case["type"]]} for case in cases]
+    groups = {
+        "iso_dice": [c["dice"] for c in cases if c["type"] == "isolated"],
+        "iso_panoptic_quality": [c["panoptic_quality"] for c in cases if c["type"] == "isolated"],
+        "con_dice": [c["dice"] for c in cases if c["type"] == "contiguous"],
+        "con_cldice": [c["cldice"] for c in cases if c["type"] == "contiguous"],
+    }
+    aggregates = {}
+    for key, values in groups.items():
+        aggregates[f"{key}_mean"], aggregates[f"{key}_std"] = mean_std(values)
+    return {"results": results, "aggregates": aggregates, "notes": aggregation_pitfalls(groups)}
+
+
+EDITION = Edition(
+    name="2026",
+    metrics=METRICS,
+    higher_is_better=HIGHER_IS_BETTER,
+    route=route,
+    score=score,
+    official=official,
+    routing_help="2026 routes by the case name's prefix: " + ", ".join(CONTIGUOUS + ISOLATED),
+)

@@ -1,0 +1,89 @@
+"""Panoptic quality and object-level scores, computed by ``panoptica`` itself.
+
+The 2026 scorer calls ``Panoptica_Evaluator`` with a semantic (binary) input,
+``ConnectedComponentsInstanceApproximator`` (cc3d, 26-connectivity in 3D),
+``NaiveThresholdMatching`` and the instance metric DSC, and reports ``pq_dsc``. We call the
+same evaluator, on a crop of both masks: the bounding box of their union grown by one zero
+voxel. That crop is exact, not an approximation: connected components, the IoU matching, every
+instance's DSC and the global binary DSC only depend on the foreground voxels, which the crop
+keeps (the tests compare with panoptica on the whole arrays). It is faster because panoptica
+labels, relabels and scans the whole array several times.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import numpy as np
+
+from .metrics import bounding_box, crop_with_margin
+
+
+@lru_cache(maxsize=None)
+def _evaluator(matching_threshold: float):
+    import panoptica
+    from panoptica import (ConnectedComponentsInstanceApproximator, InputType, NaiveThresholdMatching,
+                           Panoptica_Evaluator)
+    from panoptica.metrics import Metric
+
+    panoptica.disable_citation_reminder()  # it prints a banner to stdout on first use otherwise
+    return Panoptica_Evaluator(
+        expected_input=InputType.SEMANTIC,
+        instance_approximator=ConnectedComponentsInstanceApproximator(cca_backend=None),
+        instance_matcher=NaiveThresholdMatching(matching_threshold=matching_threshold),
+        instance_metrics=[Metric.DSC],
+    )
+
+
+def union_crop(gt: np.ndarray, pred: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to their union's bounding box plus ``margin`` zero voxels.
+
+    Returns the arrays unchanged when both are empty (panoptica's empty-case rules then see
+    the original shapes).
+    """
+    box = bounding_box(gt | pred, margin=margin)
+    if box is None:
+        return gt, pred
+    return crop_with_margin(gt, box), crop_with_margin(pred, box)
+
+
+def panoptica_result(gt: np.ndarray, pred: np.ndarray, matching_threshold: float = 0.3, crop: bool = True):
+    """panoptica's ``PanopticaResult`` for binary masks (bool, (z, y, x)), as the 2026 scorer makes it.
+
+    Masks go in as uint8 0/1, which is what the scorer passes (SimpleITK arrays set to 1 where > 0).
+    """
+    if crop:
+        gt, pred = union_crop(gt, pred)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _evaluator(float(matching_threshold)).evaluate(
+            pred.astype(np.uint8), gt.astype(np.uint8), verbose=False)["ungrouped"]
+
+
+def instance_scores(result, matching_threshold: float) -> dict:
+    """Object-level scores from a panoptica result: what a lab counting cells reads.
+
+    ``precision`` = matched / predicted objects, ``recall`` = matched / true objects, ``f1`` =
+    panoptica's recognition quality, ``pq`` = its ``pq_dsc``. A ratio with nothing to count
+    (no predicted object for precision...) is None, where panoptica would raise
+    ZeroDivisionError; PQ is NaN when neither mask has an object, as panoptica gives it.
+    """
+    tp, fp, fn = int(result.tp), int(result.fp), int(result.fn)
+    return {
+        "iou_threshold": float(matching_threshold),
+        "true_objects": int(result.n_ref_instances),
+        "predicted_objects": int(result.n_pred_instances),
+        "matched_objects": tp,
+        "false_positive_objects": fp,
+        "missed_objects": fn,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "f1": float(result.rq),
+        "pq": float(result.pq_dsc),
+    }
+
+
+def instance_metrics(gt: np.ndarray, pred: np.ndarray, matching_threshold: float = 0.5) -> dict:
+    """:func:`instance_scores` of ``gt`` vs ``pred`` (objects = 26-connected components)."""
+    return instance_scores(panoptica_result(gt, pred, matching_threshold), matching_threshold)
