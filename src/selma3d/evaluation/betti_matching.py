@@ -54,7 +54,13 @@ def load_betti_matching():
 
 
 def betti_matching_errors(gt: np.ndarray, pred: np.ndarray) -> tuple[int, ...]:
-    """Betti matching error per dimension (0, 1, 2) of two binary (z, y, x) masks."""
+    """Betti matching error per dimension (0, 1, 2) of two binary (z, y, x) masks.
+
+    Computed on the whole arrays: cropping to the foreground is *not* exact here (the induced
+    matching depends on where components merge at the background level, which the empty space
+    changes; a random 12³ case gave 91 instead of 93), so it costs what the library costs:
+    about 100 s for a 200³ volume on one core.
+    """
     library = load_betti_matching()
     result = library.compute_matching(np.ascontiguousarray(1.0 - pred, dtype=np.float64),
                                       np.ascontiguousarray(1.0 - gt, dtype=np.float64))

@@ -134,7 +134,7 @@ def run_leaderboard(gt: str | os.PathLike, submissions: dict[str, Path], jobs: i
 
 # ----------------------------------------------------------------------------- tables
 def _mean_std(stats: dict | None, digits: int, pm: str) -> str:
-    if not stats:
+    if not stats or stats["mean"] is None:
         return "–"
     if stats["std"] is None:
         return f"{stats['mean']:.{digits}f}"

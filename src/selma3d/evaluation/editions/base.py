@@ -58,15 +58,20 @@ class Edition:
     routing_help: str
 
 
+def _has_nan(values: list) -> bool:
+    return any(isinstance(v, float) and math.isnan(v) for v in values)
+
+
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     """``statistics.mean`` and ``statistics.stdev`` as the organizers call them.
 
-    The official scripts crash (``StatisticsError``) on no value (mean) or a single value
-    (stdev); here those give None so a local check still writes its file. NaN propagates, as it
-    does in ``statistics``.
+    Where the official scripts crash, this gives None so a local check still writes its file
+    (:func:`aggregation_pitfalls` says why): no value (mean, ``StatisticsError``), a single
+    value (stdev), or a NaN among the values (stdev raises AttributeError on Python 3.11-3.13,
+    ValueError on 3.10; ``mean`` returns NaN).
     """
     mean = statistics.mean(values) if values else None
-    std = statistics.stdev(values) if len(values) > 1 else None
+    std = statistics.stdev(values) if len(values) > 1 and not _has_nan(values) else None
     return mean, std
 
 
@@ -80,5 +85,6 @@ def aggregation_pitfalls(groups: dict[str, list[float]]) -> list[str]:
             notes.append(f"{key}: one case; the official scorer stops with StatisticsError (stdev needs two)")
         n_nan = sum(1 for v in values if isinstance(v, float) and math.isnan(v))
         if n_nan:
-            notes.append(f"{key}: {n_nan} NaN value(s) make the official mean and std NaN")
+            notes.append(f"{key}: {n_nan} NaN value(s): the official mean is NaN and statistics.stdev "
+                         "raises on NaN, so the official scorer fails for the whole submission")
     return notes

@@ -6,11 +6,12 @@ contiguous structures → Dice and clDice; isolated structures → Dice and pano
 * Dice: 2|P∩G| / (|P| + |G|); 1 when both are empty, 0 when exactly one is.
 * clDice: panoptica's ``_compute_centerline_dice_coefficient(reference=G, prediction=P)``:
   2·tprec·tsens / (tprec + tsens) with no smoothing, so an empty skeleton on either side
-  (an empty or disjoint prediction...) gives 0/0 = NaN, and one NaN makes ``con_cldice_mean``
-  NaN for the whole submission.
+  (an empty or disjoint prediction...) gives 0/0 = NaN.
 * PQ: panoptica's ``pq_dsc`` (see :mod:`selma3d.evaluation.panoptic`), NaN when neither mask
   has an object.
-* Aggregates: ``statistics.mean`` / ``stdev`` per category and metric.
+* Aggregates: ``statistics.mean`` / ``stdev`` per category and metric. ``stdev`` raises on a
+  NaN (Python 3.10-3.13), so one NaN clDice or PQ fails the whole official evaluation; here
+  the std is None and a note says so.
 
 Both clDice and PQ run on the union's bounding box plus one zero voxel (exact: skeletons
 never see beyond a component's 3×3×3 neighbourhood; see metrics and panoptic modules).
@@ -81,8 +82,8 @@ def score(category: str, gt: np.ndarray, pred: np.ndarray) -> tuple[dict, list[P
             both_empty = not (gt.any() or pred.any())
             pitfalls.append(Pitfall(
                 "nan_cldice",
-                f"clDice is NaN ({_empty_note(gt, pred)}): the 2026 scorer keeps it, so "
-                "con_cldice_mean and con_cldice_std become NaN for the whole submission"
+                f"clDice is NaN ({_empty_note(gt, pred)}): in the 2026 scorer it makes con_cldice_mean "
+                "NaN and statistics.stdev fail, so the whole submission gets no score"
                 + ("" if both_empty else " (--strict scores it 0)"),
                 {} if both_empty else {"cldice": 0.0}))
         return values, pitfalls
@@ -92,8 +93,8 @@ def score(category: str, gt: np.ndarray, pred: np.ndarray) -> tuple[dict, list[P
     if math.isnan(values["panoptic_quality"]):
         pitfalls.append(Pitfall(
             "nan_panoptic_quality",
-            "panoptic quality is NaN (neither mask has an object): the 2026 scorer keeps it, so "
-            "iso_panoptic_quality_mean and _std become NaN for the whole submission"))
+            "panoptic quality is NaN (neither mask has an object): in the 2026 scorer it makes "
+            "iso_panoptic_quality_mean NaN and statistics.stdev fail, so the whole submission gets no score"))
     return values, pitfalls
 
 
