@@ -391,3 +391,15 @@ def test_leaderboard_ranks_by_the_2026_edition(tmp_path):
     write_outputs(standings, results, tmp_path / "board")
     board = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
     assert {row["edition"] for row in board} == {"2026"}
+
+
+def test_thin_objects_are_warned_but_not_zeroed_by_strict():
+    rod = np.zeros(SHAPE, bool)
+    rod[2:12, 6:8, 6:8] = True  # 2x2 cross-section: Lee's thinning leaves no skeleton
+    values, pitfalls = get_edition("2024").score("tree", rod, rod)
+    assert values["cldice"] == 1.0 and [p.code for p in pitfalls] == ["vacuous_cldice"]
+    assert pitfalls[0].strict == {}  # a perfect prediction must not be scored 0
+    values, pitfalls = get_edition("2026").score("contiguous", rod, rod)
+    assert math.isnan(values["cldice"]) and pitfalls[0].code == "nan_cldice" and pitfalls[0].strict == {}
+    values, pitfalls = get_edition("2026").score("contiguous", rod, np.zeros_like(rod))
+    assert pitfalls[0].strict == {"cldice": 0.0}

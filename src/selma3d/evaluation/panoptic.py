@@ -36,14 +36,19 @@ def _evaluator(matching_threshold: float):
     )
 
 
+#: Crop only when the box is at most this fraction of the volume; above, the copy costs more
+#: than the scans it saves (objects spread over the whole volume).
+_CROP_FRACTION = 0.5
+
+
 def union_crop(gt: np.ndarray, pred: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cropped to their union's bounding box plus ``margin`` zero voxels.
 
     Returns the arrays unchanged when both are empty (panoptica's empty-case rules then see
-    the original shapes).
+    the original shapes) or when the box would hold most of the volume anyway.
     """
     box = bounding_box(gt | pred, margin=margin)
-    if box is None:
+    if box is None or np.prod([s.stop - s.start for s in box]) > _CROP_FRACTION * gt.size:
         return gt, pred
     return crop_with_margin(gt, box), crop_with_margin(pred, box)
 

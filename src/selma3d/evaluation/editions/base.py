@@ -88,3 +88,24 @@ def aggregation_pitfalls(groups: dict[str, list[float]]) -> list[str]:
             notes.append(f"{key}: {n_nan} NaN value(s): the official mean is NaN and statistics.stdev "
                          "raises on NaN, so the official scorer fails for the whole submission")
     return notes
+
+
+def why_degenerate(gt: np.ndarray, pred: np.ndarray) -> tuple[str, bool]:
+    """Why a skeleton overlap came out empty, and whether the case deserves a 0 (``--strict``).
+
+    A 0 is deserved when the prediction is empty, the truth is empty (and the prediction is
+    not), or the two do not touch. It is not when they overlap but a skeleton is empty (Lee's
+    thinning deletes objects that are two voxels thick in every direction): a perfect
+    prediction of a 2×2 rod has no skeleton either, so no score can be read from it.
+    """
+    gt_any, pred_any = bool(gt.any()), bool(pred.any())
+    if not (gt_any or pred_any):
+        return "both masks are empty", False
+    if not pred_any:
+        return "the prediction is empty", True
+    if not gt_any:
+        return "the ground truth is empty", True
+    if not (gt & pred).any():
+        return "the prediction does not touch the ground truth", True
+    return "the masks overlap but a skeleton is empty (objects two voxels thin vanish in Lee's thinning)", False
+

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..metrics import HIGHER_IS_BETTER, METRICS_BY_TYPE, spot_metrics, tree_metrics
 from ..panoptic import instance_metrics
-from .base import Edition, Pitfall, aggregation_pitfalls, mean_std
+from .base import Edition, Pitfall, aggregation_pitfalls, mean_std, why_degenerate
 
 #: Object matching for the instance-level extras: IoU > 0.5, the classic panoptic-quality rule.
 INSTANCE_IOU = 0.5
@@ -29,24 +29,20 @@ def route(case: str, structure: str | None, structure_type: str | None) -> str |
 def vacuous_cldice(values: dict, gt: np.ndarray, pred: np.ndarray) -> Pitfall | None:
     """The 2024 clDice pitfall: tprec = tsens = 0 gives 1e-6/1e-6 = 1.0.
 
-    Reported unless both masks are empty (then 1.0 is right: nothing to find, nothing found).
+    Not reported when both masks are empty (then 1.0 is right: nothing to find, nothing
+    found). ``--strict`` scores it 0 only when the prediction deserves it (see
+    :func:`.base.why_degenerate`).
     """
     if values["tprec"] or values["tsens"]:
         return None
-    gt_any, pred_any = bool(gt.any()), bool(pred.any())
-    if not (gt_any or pred_any):
+    why, deserves_zero = why_degenerate(gt, pred)
+    if not (gt.any() or pred.any()):
         return None
-    if not pred_any:
-        why = "the prediction is empty"
-    elif not gt_any:
-        why = "the ground truth is empty"
-    elif not (gt & pred).any():
-        why = "the prediction does not touch the ground truth"
-    else:
-        why = "each mask misses the other's skeleton (or a skeleton is empty)"
     return Pitfall("vacuous_cldice",
                    f"clDice {values['cldice']:.6g} is vacuous: tprec = tsens = 0 because {why}; "
-                   "the 2024 scorer counts it as perfect (--strict scores it 0)", {"cldice": 0.0})
+                   "the 2024 scorer counts it as perfect"
+                   + (" (--strict scores it 0)" if deserves_zero else ""),
+                   {"cldice": 0.0} if deserves_zero else {})
 
 
 def score(category: str, gt: np.ndarray, pred: np.ndarray) -> tuple[dict, list[Pitfall]]:

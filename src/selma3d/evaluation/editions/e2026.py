@@ -26,7 +26,7 @@ import numpy as np
 
 from ..metrics import dice
 from ..panoptic import instance_scores, panoptica_result, union_crop
-from .base import Edition, Pitfall, aggregation_pitfalls, mean_std
+from .base import Edition, Pitfall, aggregation_pitfalls, mean_std, why_degenerate
 
 CONTIGUOUS = ("axonalmarker", "blood_vessel", "gutnerve", "lymphatic_vessel", "peripheral_nerve")
 ISOLATED = ("AD_plaques", "cell_nuclei", "cfos_neuron", "microglia", "protein")
@@ -60,32 +60,19 @@ def panoptica_cldice(gt: np.ndarray, pred: np.ndarray) -> float:
         return float(_compute_centerline_dice_coefficient(gt.astype(np.uint8), pred.astype(np.uint8)))
 
 
-def _empty_note(gt: np.ndarray, pred: np.ndarray) -> str:
-    gt_any, pred_any = bool(gt.any()), bool(pred.any())
-    if not (gt_any or pred_any):
-        return "both masks are empty"
-    if not pred_any:
-        return "the prediction is empty"
-    if not gt_any:
-        return "the ground truth is empty"
-    if not (gt & pred).any():
-        return "the prediction does not touch the ground truth"
-    return "a skeleton is empty or misses the other mask entirely"
-
-
 def score(category: str, gt: np.ndarray, pred: np.ndarray) -> tuple[dict, list[Pitfall]]:
     values: dict = {"dice": dice(gt, pred)}
     pitfalls = []
     if category == "contiguous":
         values["cldice"] = panoptica_cldice(gt, pred)
         if math.isnan(values["cldice"]):
-            both_empty = not (gt.any() or pred.any())
+            why, deserves_zero = why_degenerate(gt, pred)
             pitfalls.append(Pitfall(
                 "nan_cldice",
-                f"clDice is NaN ({_empty_note(gt, pred)}): in the 2026 scorer it makes con_cldice_mean "
-                "NaN and statistics.stdev fail, so the whole submission gets no score"
-                + ("" if both_empty else " (--strict scores it 0)"),
-                {} if both_empty else {"cldice": 0.0}))
+                f"clDice is NaN ({why}): in the 2026 scorer it makes con_cldice_mean NaN and "
+                "statistics.stdev fail, so the whole submission gets no score"
+                + (" (--strict scores it 0)" if deserves_zero else ""),
+                {"cldice": 0.0} if deserves_zero else {}))
         return values, pitfalls
     result = panoptica_result(gt, pred, PQ_MATCHING_THRESHOLD)
     values["panoptic_quality"] = float(result.pq_dsc)
