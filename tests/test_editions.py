@@ -403,3 +403,21 @@ def test_thin_objects_are_warned_but_not_zeroed_by_strict():
     assert math.isnan(values["cldice"]) and pitfalls[0].code == "nan_cldice" and pitfalls[0].strict == {}
     values, pitfalls = get_edition("2026").score("contiguous", rod, np.zeros_like(rod))
     assert pitfalls[0].strict == {"cldice": 0.0}
+
+
+def test_missing_betti_matching_library_is_one_clear_error(monkeypatch):
+    import importlib
+
+    from selma3d.evaluation import betti_matching
+
+    real_import = importlib.import_module
+
+    def no_library(name, *args):
+        if name == "betti_matching":
+            raise ImportError(name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(betti_matching.importlib, "import_module", no_library)
+    monkeypatch.setattr(betti_matching.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(Selma3dError, match="pip install --no-deps topolosses"):
+        betti_matching.load_betti_matching.__wrapped__()

@@ -409,6 +409,7 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, jobs: int | None = 
     (missing or empty GT, PRED is GT).
     """
     rules = get_edition(edition)
+    rules.check_available()
     case_jobs, unmatched = match_cases(pred, gt, structure=structure, edition=rules.name, threshold=threshold)
     cases, failures = [], []
     for result, failure in _run(case_jobs, jobs or default_jobs(), progress):

@@ -47,6 +47,8 @@ class Edition:
     official : ``[case result] → {"results": [...], "aggregates": {...}}``, the organizers'
         metrics.json for the scored cases in the given order.
     routing_help : one sentence for error messages: how this edition routes cases.
+    check_available : raises :class:`~selma3d.errors.Selma3dError` (one line, with the fix)
+        when a library the edition needs is missing; called once before any case is read.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Edition:
     score: Callable[[str, np.ndarray, np.ndarray], tuple[dict, list[Pitfall]]]
     official: Callable[[list[dict]], dict]
     routing_help: str
+    check_available: Callable[[], object] = lambda: None
 
 
 def _has_nan(values: list) -> bool:

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from ..betti_matching import betti_matching_errors
+from ..betti_matching import betti_matching_errors, load_betti_matching
 from ..metrics import dice, tree_metrics
 from ..panoptic import instance_metrics
 from . import e2024, e2026
@@ -91,4 +91,5 @@ EDITION = Edition(
     official=official,
     routing_help="2025 routes by the case name's prefix (as 2026): "
                  + ", ".join(e2026.CONTIGUOUS + e2026.ISOLATED),
+    check_available=load_betti_matching,
 )

@@ -50,6 +50,16 @@ def route(case: str, structure: str | None, structure_type: str | None) -> str |
     return forced or route_by_prefix(case)
 
 
+def require_panoptica() -> None:
+    """A one-line error with the fix when panoptica is missing."""
+    try:
+        import panoptica  # noqa: F401
+    except ImportError as exc:
+        from ...errors import Selma3dError
+
+        raise Selma3dError(f"the 2026 edition needs panoptica ({exc}): pip install 'panoptica>=2.1.7'") from None
+
+
 def panoptica_cldice(gt: np.ndarray, pred: np.ndarray) -> float:
     """panoptica's clDice of the two masks (uint8 0/1, as the scorer passes them), on their crop."""
     from panoptica.metrics.cldice import _compute_centerline_dice_coefficient
@@ -107,4 +117,5 @@ EDITION = Edition(
     score=score,
     official=official,
     routing_help="2026 routes by the case name's prefix: " + ", ".join(CONTIGUOUS + ISOLATED),
+    check_available=require_panoptica,
 )
