@@ -421,3 +421,18 @@ def test_missing_betti_matching_library_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(betti_matching.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(Selma3dError, match="pip install --no-deps topolosses"):
         betti_matching.load_betti_matching.__wrapped__()
+
+
+def test_fast_instance_scores_equal_panoptica():
+    from selma3d.evaluation.panoptic import instance_metrics, instance_scores, panoptica_result
+
+    pairs = list(crafted_cases().values()) + random_cases(15, seed=7)
+    for threshold in (0.5, 0.3):
+        for gt, pred in pairs:
+            ours = instance_metrics(gt, pred, threshold)
+            ref = instance_scores(panoptica_result(gt, pred, threshold, crop=False), threshold)
+            for key, value in ref.items():
+                if isinstance(value, float) and not math.isnan(value):
+                    assert ours[key] == pytest.approx(value, abs=1e-12), key
+                else:
+                    assert same(ours[key], value) if isinstance(value, float) else ours[key] == value, key

@@ -89,14 +89,57 @@ def instance_scores(result, matching_threshold: float) -> dict:
     }
 
 
-def instance_metrics(gt: np.ndarray, pred: np.ndarray, matching_threshold: float = 0.5) -> dict | None:
-    """:func:`instance_scores` of ``gt`` vs ``pred`` (objects = 26-connected components).
+def instance_metrics(gt: np.ndarray, pred: np.ndarray, matching_threshold: float = 0.5) -> dict:
+    """:func:`instance_scores` of ``gt`` vs ``pred`` without panoptica's per-instance loop.
 
-    None when panoptica is not installed: these are extras, the edition's own metrics do not
-    need them in 2024 and 2025.
+    Objects are 26-connected components (cc3d, as panoptica's approximator); every overlapping
+    (true, predicted) pair gets its IoU from one table of intersection counts; pairs are
+    matched greedily by decreasing IoU, one-to-one, when IoU ≥ ``matching_threshold`` (what
+    ``NaiveThresholdMatching`` does); PQ = mean DSC of the matched pairs × F1. Written by hand
+    because panoptica's evaluator costs ~20× the rest of a spot-like case (3.4 s vs 0.17 s on a
+    dense 200³ pair); the tests check the counts exactly and PQ to 1e-12 against panoptica.
+    With thresholds ≥ 0.5 the matching is unique except for exact ties at 0.5.
     """
-    try:
-        result = panoptica_result(gt, pred, matching_threshold)
-    except ImportError:
-        return None
-    return instance_scores(result, matching_threshold)
+    import cc3d
+
+    gt_labels, n_true = cc3d.connected_components(gt, connectivity=26, return_N=True)
+    pred_labels, n_pred = cc3d.connected_components(pred, connectivity=26, return_N=True)
+    n_true, n_pred = int(n_true), int(n_pred)
+    both = (gt_labels > 0) & (pred_labels > 0)
+    # encode (pred, true) as panoptica does, so that equal IoUs keep its order
+    codes, intersections = np.unique(pred_labels[both].astype(np.int64) * (n_true + 1) + gt_labels[both],
+                                     return_counts=True)
+    true_ids, pred_ids = codes % (n_true + 1), codes // (n_true + 1)
+    true_area = np.bincount(gt_labels.ravel(), minlength=n_true + 1).astype(np.float64)
+    pred_area = np.bincount(pred_labels.ravel(), minlength=n_pred + 1).astype(np.float64)
+    inter = intersections.astype(np.float64)
+    iou = inter / (true_area[true_ids] + pred_area[pred_ids] - inter)
+    used_true, used_pred, dscs = set(), set(), []
+    for k in np.argsort(-iou, kind="stable"):
+        if iou[k] < matching_threshold:
+            break
+        t, p = int(true_ids[k]), int(pred_ids[k])
+        if t in used_true or p in used_pred:
+            continue
+        used_true.add(t)
+        used_pred.add(p)
+        dscs.append(2.0 * inter[k] / (true_area[t] + pred_area[p]))
+    tp = len(dscs)
+    fp, fn = n_pred - tp, n_true - tp
+    if tp:
+        f1 = tp / (tp + 0.5 * fp + 0.5 * fn)
+        pq = float(np.mean(dscs)) * f1
+    else:
+        f1 = pq = 0.0 if n_true + n_pred else float("nan")
+    return {
+        "iou_threshold": float(matching_threshold),
+        "true_objects": n_true,
+        "predicted_objects": n_pred,
+        "matched_objects": tp,
+        "false_positive_objects": fp,
+        "missed_objects": fn,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "f1": float(f1),
+        "pq": float(pq),
+    }
