@@ -288,6 +288,24 @@ def test_2025_scores_and_pitfalls():
     assert set(edition.metrics["isolated"]) == {"dice", "betti_matching_error_0"}
 
 
+def test_2025_official_metrics_json(tmp_path):
+    _betti_matching_library()
+    tube, cells = _tube(), np.zeros(SHAPE, bool)
+    cells[1:4, 1:4, 1:4] = cells[8:11, 8:11, 8:11] = True
+    cases = {"blood_vessel_0": (tube, tube), "blood_vessel_1": (tube, np.roll(tube, 1, axis=1)),
+             "cell_nuclei_0": (cells, cells), "cell_nuclei_1": (cells, np.roll(cells, 1, axis=0))}
+    _write_cases(tmp_path / "gt", tmp_path / "pred", cases)
+    result = evaluate(tmp_path / "pred", tmp_path / "gt", jobs=1, progress=False, edition="2025")
+    assert not result["failures"]
+    aggregates = official_metrics(result)["aggregates"]
+    con = [c for c in result["cases"] if c["type"] == "contiguous"]
+    assert aggregates["con_hd95_mean"] == statistics.mean(c["hd95"] for c in con)
+    assert aggregates["iso_betti_matching_error_0_mean"] == 0.5 * sum(
+        c["betti_matching_error_0"] for c in result["cases"] if c["type"] == "isolated")
+    assert set(aggregates) == {f"{prefix}_{m}_{s}" for prefix, cat in (("iso", "isolated"), ("con", "contiguous"))
+                               for m in get_edition("2025").metrics[cat] for s in ("mean", "std")}
+
+
 # ----------------------------------------------------------------------------- input checks
 def _cli(monkeypatch, capsys, *args):
     from selma3d import cli
@@ -391,6 +409,22 @@ def test_leaderboard_ranks_by_the_2026_edition(tmp_path):
     write_outputs(standings, results, tmp_path / "board")
     board = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
     assert {row["edition"] for row in board} == {"2026"}
+
+
+def test_leaderboard_command_takes_the_edition(tmp_path, monkeypatch, capsys):
+    tube = _tube()
+    write_nifti(tmp_path / "gt" / "blood_vessel_0_label.nii.gz", tube.astype(np.uint8))
+    write_nifti(tmp_path / "gt" / "blood_vessel_1_label.nii.gz", tube.astype(np.uint8))
+    write_nifti(tmp_path / "a" / "blood_vessel_0.nii.gz", tube.astype(np.uint8))
+    write_nifti(tmp_path / "a" / "blood_vessel_1.nii.gz", tube.astype(np.uint8))
+    code, stdout, stderr = _cli(monkeypatch, capsys, "leaderboard", tmp_path / "gt", f"a={tmp_path / 'a'}",
+                                "--edition", "2026", "--quiet", "--jobs", 1, "--out", tmp_path / "board")
+    assert code == 0, stderr
+    assert "2026 edition" in stdout and "contiguous structures" in stdout
+    assert json.loads((tmp_path / "board" / "leaderboard.json").read_text())[0]["edition"] == "2026"
+    code, stdout, stderr = _cli(monkeypatch, capsys, "leaderboard", tmp_path / "gt", f"a={tmp_path / 'a'}",
+                                "--quiet", "--jobs", 1)
+    assert code == 0 and "2024 edition" in stdout and "tree-like structures" in stdout  # the default
 
 
 def test_thin_objects_are_warned_but_not_zeroed_by_strict():

@@ -8,6 +8,9 @@ voxel. That crop is exact, not an approximation: connected components, the IoU m
 instance's DSC and the global binary DSC only depend on the foreground voxels, which the crop
 keeps (the tests compare with panoptica on the whole arrays). It is faster because panoptica
 labels, relabels and scans the whole array several times.
+
+The object-level extras of the 2024 and 2025 editions (:func:`instance_metrics`) use a
+vectorized matcher instead of panoptica's evaluator (same rules, checked against it).
 """
 
 from __future__ import annotations
