@@ -17,7 +17,14 @@ HELP = (
     "recursively. The structure comes from the nearest "
     "dataset.json at or above GT, else the GT file's folder, else the case name. Failed cases "
     "are listed (one line each) and in the JSON; the exit status is non-zero only if no case "
-    "could be scored."
+    "could be scored.\n\n"
+    "--edition picks the challenge edition's rules: 2024 (default; spot/tree by structure), "
+    "2025 (Dice, Betti matching error, clDice, HD95) or 2026 (Dice, panoptic quality, clDice "
+    "via panoptica); 2025 and 2026 route cases by name prefix (blood_vessel_..., cfos_neuron_...). "
+    "--format official writes the edition's own metrics.json (results + aggregates), the "
+    "numbers its leaderboard shows. Degenerate official scores (a clDice of 1.0 for an empty "
+    "prediction, NaN clDice or PQ...) are reported as warnings; --strict scores them 0. "
+    "A prediction must be a binary mask unless --threshold is given."
 )
 
 
@@ -32,20 +39,42 @@ def register(app: typer.Typer) -> None:
         structure: Optional[str] = typer.Option(None, "--structure",
                                                 help="Force this structure (e.g. microglia) for every case."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        edition: str = typer.Option("2024", "--edition", help="Challenge edition: 2024, 2025 or 2026."),
+        output_format: str = typer.Option("selma3d", "--format",
+                                          help="selma3d (cases, summary, warnings, official aggregates) or "
+                                               "official (the edition's metrics.json: results + aggregates)."),
+        strict: bool = typer.Option(False, "--strict", help="Score degenerate official values (vacuous "
+                                    "clDice 1.0, NaN clDice) as 0 instead of keeping them."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Binarize predictions with "
+                                                  "> THRESHOLD (needed for probability maps; not official)."),
     ):
-        from ..errors import Selma3dError
-        from ..evaluation.challenge import evaluate as run, format_summary, write_csv, write_json
+        from ..errors import InputError, Selma3dError
+        from ..evaluation.challenge import evaluate as run, format_summary, official_metrics, write_csv, write_json
 
-        result = run(pred, gt, jobs=jobs or None, progress=not quiet, structure=structure)
-        write_json(result, out)
+        if output_format not in ("selma3d", "official"):
+            raise InputError(f"--format {output_format!r}: choose selma3d or official")
+        if output_format == "official" and (strict or threshold is not None):
+            raise InputError("--format official writes the official scores; it cannot be combined with "
+                             "--strict or --threshold")
+        result = run(pred, gt, jobs=jobs or None, progress=not quiet, structure=structure, edition=edition,
+                     threshold=threshold, strict=strict)
+        write_json(official_metrics(result) if output_format == "official" else result, out)
         if csv is not None:
             write_csv(result["cases"], csv)
         for failure in result["failures"]:
             typer.echo(f"failed: {failure['error']}", err=True)
         for path in result["unmatched_predictions"]:
             typer.echo(f"ignored: {path} matches no ground-truth case", err=True)
+        for warning in result["warnings"] + (result["official_notes"] if output_format == "official" else []):
+            typer.echo(f"warning: {warning}", err=True)
         if not result["cases"]:
             raise Selma3dError(f"no case could be scored ({len(result['failures'])} failed); see {out}")
         typer.echo(format_summary(result["summary"]))
-        typer.echo(f"{len(result['cases'])} cases scored, {len(result['failures'])} failed; metrics in {out}"
+        degenerate = sum(1 for c in result["cases"] if c["warnings"])
+        if degenerate:
+            typer.echo(f"warning: {degenerate} case(s) have degenerate official scores "
+                       + ("(scored 0 where --strict applies)" if strict else "(kept as the official "
+                          "scorer gives them; --strict scores them 0)"), err=True)
+        typer.echo(f"edition {result['edition']}: {len(result['cases'])} cases scored, "
+                   f"{len(result['failures'])} failed; metrics in {out}"
                    + (f" and {csv}" if csv else ""))

@@ -14,7 +14,8 @@ HELP = (
     "lower Betti errors is better; ties share the mean rank; a failed case ranks last), the "
     "ranks are averaged per metric, then over metrics, and the lowest average wins. Prints "
     "the SELMA3D paper's Table 4/5 layout (mean ± std per structure type) and the ranking as "
-    "Markdown; --out also writes CSV, LaTeX and JSON."
+    "Markdown; --out also writes CSV, LaTeX and JSON. --edition picks the metrics (2024 default, "
+    "2025, 2026); the tables and leaderboard.json say which edition ranked them."
 )
 
 
@@ -28,12 +29,14 @@ def register(app: typer.Typer) -> None:
         jobs: int = typer.Option(0, "--jobs", "-j", help="Cases scored in parallel (0: one per CPU, at most 8)."),
         structure: Optional[str] = typer.Option(None, "--structure", help="Force this structure for every case."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        edition: str = typer.Option("2024", "--edition", help="Rank by this challenge edition's metrics: "
+                                    "2024, 2025 or 2026."),
     ):
         from ..evaluation.leaderboard import parse_submissions, run_leaderboard, to_markdown, write_outputs
 
         teams = parse_submissions(submissions)
         standings, results = run_leaderboard(gt, teams, jobs=jobs or None, progress=not quiet,
-                                             structure=structure)
+                                             structure=structure, edition=edition)
         for team, result in results.items():
             for failure in result["failures"]:
                 typer.echo(f"failed: {team}: {failure['error']}", err=True)

@@ -18,6 +18,16 @@ Matching rule (documented in ``selma3d evaluate --help`` too):
   structure's type (``structures.<name>.type`` in dataset.json, else the SELMA3D table) picks
   the metric set: spot → Dice, β0 error; tree → Dice, clDice, β0 and β1 errors.
 
+* Edition (``--edition``, :mod:`.editions`): 2024 (default) scores by structure type as
+  above; 2025 and 2026 route by the case name's prefix as their scorers do, and a case whose
+  name matches none of their structures is a one-line failure.
+
+Checks before scoring: a prediction must be a binary mask (0 and one other value), else the
+case fails unless a ``threshold`` is given (then ``pred > threshold``); a prediction that is
+the ground-truth file itself (or PRED is GT) is an error. Degenerate official scores (a
+vacuous clDice of 1.0, a NaN clDice or PQ...) are kept and listed in ``warnings``; with
+``strict`` they are replaced (docs/evaluation_pitfalls.md).
+
 A bad case (missing prediction, unreadable file, shape mismatch, NaN values) is reported in
 ``failures`` with a message naming it; every other case is still scored.
 """
@@ -39,12 +49,15 @@ import numpy as np
 from ..data.layout import STRUCTURE_TYPES, find_dataset_json, structure_from_name
 from ..errors import InputError, Selma3dError
 from ..io.nifti import case_name, is_nifti, read_nifti_array
-from .metrics import METRICS_BY_TYPE, metrics_for_type
+from .editions import DEFAULT_EDITION, Edition, get_edition
+from .metrics import METRICS_BY_TYPE
 
 GT_SUFFIX = "_label"
 PRED_SUFFIXES = ("_label", "_pred")
 IMAGE_SUFFIX = "_img"
 CASE_FIELDS = ("case", "structure", "type", "dice", "cldice", "betti0_error", "betti1_error")
+#: Columns of the later editions, written when a case has them.
+EDITION_FIELDS = ("panoptic_quality", "betti_matching_error_0", "betti_matching_error_1", "hd95")
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class CaseJob:
     gt: Path
     pred: Path | None
     problem: str | None = None  # a matching problem found before reading anything
+    edition: str = DEFAULT_EDITION
+    threshold: float | None = None  # binarize the prediction with > threshold (else it must be binary)
 
 
 # ----------------------------------------------------------------------------- matching
@@ -160,13 +175,26 @@ def ground_truth_cases(gt: str | os.PathLike, structure: str | None = None) -> l
     return cases
 
 
-def match_cases(pred: str | os.PathLike, gt: str | os.PathLike,
-                structure: str | None = None) -> tuple[list[CaseJob], list[Path]]:
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def match_cases(pred: str | os.PathLike, gt: str | os.PathLike, structure: str | None = None,
+                edition: str = DEFAULT_EDITION, threshold: float | None = None
+                ) -> tuple[list[CaseJob], list[Path]]:
     """Pair ground-truth cases with predictions (module docstring); also return unmatched predictions.
 
-    ``structure`` forces one structure for every case.
+    ``structure`` forces one structure for every case. Raises :class:`InputError` when PRED is
+    GT, or when a prediction file is a ground-truth file (scoring the truth against itself).
     """
     pred, gt = Path(pred), Path(gt)
+    rules = get_edition(edition)
+    if _same_path(pred, gt):
+        raise InputError(f"{pred}: the prediction is the ground truth itself (PRED and GT are the same "
+                         f"{'folder' if gt.is_dir() else 'file'}); give the folder of predictions")
     gt_cases = ground_truth_cases(gt, structure)
     if not pred.exists():
         raise InputError(f"{pred}: prediction not found")
@@ -191,18 +219,27 @@ def match_cases(pred: str | os.PathLike, gt: str | os.PathLike,
             names = [case + IMAGE_SUFFIX]  # the name `selma3d predict` gives its masks
         used.update(names + [case + IMAGE_SUFFIX])
         preds = [p for n in names for p in files[n]]
+        for path in preds:
+            if _same_path(path, gt_case.path):
+                raise InputError(f"{path}: this prediction is the ground-truth file of case {case} itself; "
+                                 "PRED must hold predictions, not the ground truth")
         problem = None
-        if struct is None:
+        category = rules.route(case, structure, kind)
+        if rules.name != DEFAULT_EDITION and category is None:
+            problem = (f"name matches no structure of the {rules.name} edition ({rules.routing_help}; "
+                       "rename the case or use --structure)")
+        elif rules.name == DEFAULT_EDITION and struct is None:
             problem = ("cannot tell its structure (not in dataset.json, folder or file name; "
                        "use --structure)")
-        elif kind not in METRICS_BY_TYPE:
+        elif rules.name == DEFAULT_EDITION and kind not in METRICS_BY_TYPE:
             problem = f"structure {struct!r} has no known type (spot or tree)"
         elif not preds:
             problem = (f"no prediction found (expected {case}.nii.gz, {case}_pred.nii.gz, "
                        f"{case}_label.nii.gz or {case}_img.nii.gz)")
         elif len(preds) > 1:
             problem = "several predictions: " + ", ".join(str(p) for p in preds)
-        jobs.append(CaseJob(case, struct, kind, gt_case.path, preds[0] if len(preds) == 1 else None, problem))
+        jobs.append(CaseJob(case, struct, category or kind, gt_case.path, preds[0] if len(preds) == 1 else None,
+                            problem, rules.name, threshold))
     unmatched = sorted(p for name, paths in files.items() if name not in used for p in paths)
     return jobs, unmatched
 
@@ -221,12 +258,57 @@ def score_case(job: CaseJob) -> dict:
         for array, role, path in ((gt, "ground truth", job.gt), (pred, "prediction", job.pred)):
             if array.dtype.kind == "f" and np.isnan(array).any():
                 raise InputError(f"{role} {path.name} contains NaN values")
-        values = metrics_for_type(job.type, gt, pred)
+        if job.threshold is None:
+            check_binary(pred, job.pred.name)
+            pred = pred > 0
+        else:
+            pred = pred > job.threshold
+        values, pitfalls = get_edition(job.edition).score(job.type, np.ascontiguousarray(gt > 0),
+                                                          np.ascontiguousarray(pred))
     except Selma3dError as exc:
         message = str(exc)
         raise InputError(message if message.startswith(f"case {job.case}")
                          else f"case {job.case}: {message}") from None
-    return {"case": job.case, "structure": job.structure, "type": job.type, **values}
+    return {"case": job.case, "structure": job.structure, "type": job.type, **values,
+            "warnings": [p.as_dict() for p in pitfalls]}
+
+
+def check_binary(pred: np.ndarray, name: str) -> None:
+    """Refuse a prediction that is a probability map or an image rather than a mask.
+
+    The official scorers binarize with ``> 0``, so a probability map or a raw image would be
+    scored as an almost-full mask (Dice ≈ 0.01) without a word. Accepted: 0 and one other
+    value, or a label map (non-negative integers, mostly 0; ``> 0`` is its foreground).
+    Refused: non-integer values (a probability map), negative values, or several values with
+    most voxels non-zero (an image).
+    """
+    nonzero = pred[pred != 0]
+    if nonzero.size == 0:
+        return
+    low, high = nonzero.min(), nonzero.max()
+    if low == high and low > 0:
+        return
+    if pred.dtype.kind == "f" and not np.array_equal(nonzero, np.round(nonzero)):
+        why = "non-integer values (a probability map?)"
+    elif low < 0:
+        why = "negative values (an image?)"
+    elif nonzero.size * 2 > pred.size:
+        why = "several values and most voxels non-zero (an image?)"
+    else:
+        return  # a label map
+    raise InputError(f"prediction {name} is not a binary mask: {why}, values {low:g} to {high:g}; "
+                     "pass --threshold T to score prediction > T")
+
+
+def apply_strict(case: dict) -> dict:
+    """The case with every pitfall's strict values substituted (the official ones kept aside)."""
+    replaced = {k: v for w in case.get("warnings", []) for k, v in w["strict"].items()}
+    if not replaced:
+        return case
+    case = dict(case)
+    case["official_values"] = {k: case[k] for k in replaced}
+    case.update(replaced)
+    return case
 
 
 def _score_safely(job: CaseJob) -> tuple[dict | None, dict | None]:
@@ -282,21 +364,30 @@ def _run(jobs: list[CaseJob], workers: int, progress: bool) -> list[tuple[dict |
     return outcomes
 
 
-def summarize(cases: list[dict]) -> dict:
-    """Per type and metric: mean, sample std (ddof=1; None for one case) and n."""
+def summarize(cases: list[dict], edition: str | Edition = DEFAULT_EDITION) -> dict:
+    """Per category and metric: mean, sample std (ddof=1; None for one case) and n.
+
+    NaN values (2026's clDice or PQ of degenerate cases) are left out of the mean and std and
+    counted in ``n_nan``; the official aggregates (``official`` in the result) keep them.
+    """
+    rules = edition if isinstance(edition, Edition) else get_edition(edition)
     summary: dict[str, dict] = {}
-    for kind, metrics in METRICS_BY_TYPE.items():
+    for kind, metrics in rules.metrics.items():
         rows = [c for c in cases if c["type"] == kind]
         if not rows:
             continue
         summary[kind] = {}
         for metric in metrics:
             values = np.array([float(r[metric]) for r in rows], dtype=np.float64)
-            summary[kind][metric] = {
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-                "n": int(len(values)),
+            finite = values[~np.isnan(values)]
+            stats = {
+                "mean": float(finite.mean()) if len(finite) else None,
+                "std": float(finite.std(ddof=1)) if len(finite) > 1 else None,
+                "n": int(len(finite)),
             }
+            if len(finite) < len(values):
+                stats["n_nan"] = int(len(values) - len(finite))
+            summary[kind][metric] = stats
     return summary
 
 
@@ -305,12 +396,21 @@ def default_jobs() -> int:
 
 
 def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, jobs: int | None = None,
-             progress: bool = True, structure: str | None = None) -> dict:
-    """Score PRED against GT; returns ``{"cases", "summary", "failures", "unmatched_predictions"}``.
+             progress: bool = True, structure: str | None = None, edition: str = DEFAULT_EDITION,
+             threshold: float | None = None, strict: bool = False) -> dict:
+    """Score PRED against GT by an edition's rules.
 
-    Raises :class:`InputError` only when nothing can be matched at all (missing or empty GT).
+    Returns ``{"edition", "strict", "threshold", "cases", "summary", "official",
+    "official_notes", "warnings", "failures", "unmatched_predictions"}``: ``official`` is the
+    edition's ``results`` + ``aggregates`` (always the official values, whatever ``strict``),
+    ``official_notes`` what the official aggregation would do differently (crash on a missing
+    category, NaN means), ``warnings`` one line per degenerate score (see docs/evaluation_pitfalls.md). ``strict`` replaces those scores in
+    ``cases`` and ``summary``. Raises :class:`InputError` only when nothing can be matched at all
+    (missing or empty GT, PRED is GT).
     """
-    case_jobs, unmatched = match_cases(pred, gt, structure=structure)
+    rules = get_edition(edition)
+    rules.check_available()
+    case_jobs, unmatched = match_cases(pred, gt, structure=structure, edition=rules.name, threshold=threshold)
     cases, failures = [], []
     for result, failure in _run(case_jobs, jobs or default_jobs(), progress):
         if result is not None:
@@ -319,8 +419,18 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, jobs: int | None = 
             failures.append(failure)
     cases.sort(key=lambda c: c["case"])
     failures.sort(key=lambda f: f["case"])
-    return {"cases": cases, "summary": summarize(cases), "failures": failures,
-            "unmatched_predictions": [str(p) for p in unmatched]}
+    official = rules.official(cases)
+    warnings = [f"case {c['case']}: {w['message']}" for c in cases for w in c["warnings"]]
+    notes = official.pop("notes", []) if cases else []
+    scored = [apply_strict(c) for c in cases] if strict else cases
+    return {"edition": rules.name, "strict": bool(strict), "threshold": threshold, "cases": scored,
+            "summary": summarize(scored, rules), "official": official, "official_notes": notes,
+            "warnings": warnings, "failures": failures, "unmatched_predictions": [str(p) for p in unmatched]}
+
+
+def official_metrics(result: dict) -> dict:
+    """The edition's own ``metrics.json`` (``results`` + ``aggregates``) from an evaluate() result."""
+    return {"results": result["official"]["results"], "aggregates": result["official"]["aggregates"]}
 
 
 # ----------------------------------------------------------------------------- output
@@ -339,10 +449,11 @@ def write_json(result: dict, path: str | os.PathLike) -> Path:
 
 def cases_csv(cases: list[dict]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CASE_FIELDS, extrasaction="ignore", lineterminator="\n")
+    fields = CASE_FIELDS + tuple(f for f in EDITION_FIELDS if any(f in c for c in cases))
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for case in cases:
-        writer.writerow({k: case.get(k, "") for k in CASE_FIELDS})
+        writer.writerow({k: case.get(k, "") for k in fields})
     return buffer.getvalue()
 
 
@@ -357,8 +468,10 @@ def format_summary(summary: dict) -> str:
         parts = []
         n = 0
         for metric, stats in metrics.items():
-            n = stats["n"]
+            n = stats["n"] + stats.get("n_nan", 0)
             std = "" if stats["std"] is None or math.isnan(stats["std"]) else f" ± {stats['std']:.4f}"
-            parts.append(f"{metric} {stats['mean']:.4f}{std}")
+            mean = "–" if stats["mean"] is None else f"{stats['mean']:.4f}"
+            nan = f" ({stats['n_nan']} NaN left out)" if stats.get("n_nan") else ""
+            parts.append(f"{metric} {mean}{std}{nan}")
         lines.append(f"{kind} (n={n}): " + ", ".join(parts))
     return "\n".join(lines)

@@ -14,6 +14,10 @@ Ranking rule:
 
 The tables follow the SELMA3D paper's Tables 4 and 5: one row per team and, per structure
 type, "mean ± std" of each metric over the cases the team got scored.
+
+The edition (2024 by default, or 2025/2026: :mod:`.editions`) decides the case categories,
+the metric columns and which direction is better; the ranking rule above is the same for all.
+A NaN score (2026's clDice or PQ of a degenerate case) ranks like a failed case: last.
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ from scipy.stats import rankdata
 
 from ..errors import InputError
 from .challenge import _atomic_write, evaluate, ground_truth_cases, write_json
-from .metrics import HIGHER_IS_BETTER, METRICS_BY_TYPE
+from .editions import DEFAULT_EDITION, get_edition
 
-METRIC_LABELS = {"dice": "Dice", "cldice": "clDice", "betti0_error": "β0 error", "betti1_error": "β1 error"}
+METRIC_LABELS = {"dice": "Dice", "cldice": "clDice", "betti0_error": "β0 error", "betti1_error": "β1 error",
+                 "betti_matching_error_0": "BM error 0", "betti_matching_error_1": "BM error 1",
+                 "hd95": "HD95", "panoptic_quality": "PQ"}
 METRIC_LATEX = {"dice": "Dice", "cldice": "clDice", "betti0_error": r"$\beta_0$ error",
-                "betti1_error": r"$\beta_1$ error"}
-TYPE_LABELS = {"spot": "spot-like", "tree": "tree-like"}
+                "betti1_error": r"$\beta_1$ error", "betti_matching_error_0": r"BM$_0$ error",
+                "betti_matching_error_1": r"BM$_1$ error", "hd95": "HD95", "panoptic_quality": "PQ"}
+TYPE_LABELS = {"spot": "spot-like", "tree": "tree-like", "isolated": "isolated", "contiguous": "contiguous"}
 
 
 @dataclass
@@ -45,6 +52,7 @@ class TeamStanding:
     column_ranks: dict[str, float]  # "tree/dice" -> mean rank over tree cases
     summary: dict  # challenge.summarize() of the team's scored cases
     failures: list[dict] = field(default_factory=list)
+    edition: str = DEFAULT_EDITION
 
 
 def parse_submissions(items: list[str]) -> dict[str, Path]:
@@ -63,25 +71,35 @@ def parse_submissions(items: list[str]) -> dict[str, Path]:
     return submissions
 
 
-def columns_for(case_types: dict[str, str]) -> list[tuple[str, str]]:
+def columns_for(case_types: dict[str, str], edition: str = DEFAULT_EDITION) -> list[tuple[str, str]]:
     """(type, metric) columns for the types present among the cases, in table order."""
     present = set(case_types.values())
-    return [(kind, metric) for kind, metrics in METRICS_BY_TYPE.items() if kind in present for metric in metrics]
+    return [(kind, metric) for kind, metrics in get_edition(edition).metrics.items() if kind in present
+            for metric in metrics]
 
 
-def rank_teams(case_types: dict[str, str], results: dict[str, dict]) -> list[TeamStanding]:
+def _rank_key(case: dict | None, metric: str, sign: float) -> float:
+    """Lower is better; a missing case or a NaN score ranks last."""
+    if case is None:
+        return np.inf
+    value = float(case[metric])
+    return np.inf if np.isnan(value) else sign * value
+
+
+def rank_teams(case_types: dict[str, str], results: dict[str, dict],
+               edition: str = DEFAULT_EDITION) -> list[TeamStanding]:
     """Rank then aggregate (module docstring). ``results[team]`` is an ``evaluate()`` result."""
+    rules = get_edition(edition)
     teams = list(results)
     scored = {team: {c["case"]: c for c in results[team]["cases"]} for team in teams}
-    columns = columns_for(case_types)
+    columns = columns_for(case_types, rules.name)
     column_ranks: dict[str, dict[str, float]] = {team: {} for team in teams}
     for kind, metric in columns:
         cases = [case for case, t in case_types.items() if t == kind]
-        sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+        sign = -1.0 if rules.higher_is_better[metric] else 1.0
         per_case = []
         for case in cases:
-            keys = [sign * float(scored[team][case][metric]) if case in scored[team] else np.inf
-                    for team in teams]
+            keys = [_rank_key(scored[team].get(case), metric, sign) for team in teams]
             per_case.append(rankdata(keys, method="average"))
         mean = np.mean(per_case, axis=0)
         for team, value in zip(teams, mean):
@@ -89,24 +107,34 @@ def rank_teams(case_types: dict[str, str], results: dict[str, dict]) -> list[Tea
     scores = {team: float(np.mean(list(column_ranks[team].values()))) if columns else 0.0 for team in teams}
     positions = rankdata([scores[t] for t in teams], method="min")
     standings = [TeamStanding(team, int(pos), scores[team], column_ranks[team], results[team]["summary"],
-                              results[team]["failures"]) for team, pos in zip(teams, positions)]
+                              results[team]["failures"], rules.name) for team, pos in zip(teams, positions)]
     return sorted(standings, key=lambda s: (s.rank, s.team))
 
 
 def run_leaderboard(gt: str | os.PathLike, submissions: dict[str, Path], jobs: int | None = None,
-                    progress: bool = True, structure: str | None = None) -> tuple[list[TeamStanding], dict]:
-    """Score every submission against GT and rank them; returns (standings, results per team)."""
-    case_types = {c.case: c.type for c in ground_truth_cases(gt, structure) if c.type in METRICS_BY_TYPE}
+                    progress: bool = True, structure: str | None = None,
+                    edition: str = DEFAULT_EDITION) -> tuple[list[TeamStanding], dict]:
+    """Score every submission against GT by an edition's rules and rank them.
+
+    Returns (standings, results per team). Cases the edition does not route are left out of
+    the ranking (and reported as failures in every team's results).
+    """
+    rules = get_edition(edition)
+    case_types = {}
+    for c in ground_truth_cases(gt, structure):
+        category = rules.route(c.case, structure, c.type)
+        if category in rules.metrics:
+            case_types[c.case] = category
     if not case_types:
-        raise InputError(f"{gt}: no ground-truth case with a known structure type")
-    results = {team: evaluate(path, gt, jobs=jobs, progress=progress, structure=structure)
+        raise InputError(f"{gt}: no ground-truth case that the {rules.name} edition scores ({rules.routing_help})")
+    results = {team: evaluate(path, gt, jobs=jobs, progress=progress, structure=structure, edition=rules.name)
                for team, path in submissions.items()}
-    return rank_teams(case_types, results), results
+    return rank_teams(case_types, results, rules.name), results
 
 
 # ----------------------------------------------------------------------------- tables
 def _mean_std(stats: dict | None, digits: int, pm: str) -> str:
-    if not stats:
+    if not stats or stats["mean"] is None:
         return "–"
     if stats["std"] is None:
         return f"{stats['mean']:.{digits}f}"
@@ -117,15 +145,24 @@ def _digits(metric: str) -> int:
     return 4 if metric in ("dice", "cldice") else 2
 
 
+def _metrics(standings: list[TeamStanding]) -> dict[str, tuple[str, ...]]:
+    return get_edition(standings[0].edition if standings else DEFAULT_EDITION).metrics
+
+
 def _types(standings: list[TeamStanding]) -> list[str]:
     present = {col.split("/")[0] for s in standings for col in s.column_ranks}
-    return [kind for kind in METRICS_BY_TYPE if kind in present]
+    return [kind for kind in _metrics(standings) if kind in present]
+
+
+def _edition_line(standings: list[TeamStanding]) -> str:
+    edition = standings[0].edition if standings else DEFAULT_EDITION
+    return f"Ranked by the SELMA3D {edition} edition's metrics (rank then aggregate)."
 
 
 def to_markdown(standings: list[TeamStanding]) -> str:
-    out = []
+    out = [_edition_line(standings) + "\n"]
     for kind in _types(standings):
-        metrics = METRICS_BY_TYPE[kind]
+        metrics = _metrics(standings)[kind]
         out.append(f"### {TYPE_LABELS[kind]} structures (mean ± std)\n")
         out.append("| Team | " + " | ".join(METRIC_LABELS[m] for m in metrics) + " |")
         out.append("|---|" + "---|" * len(metrics))
@@ -150,7 +187,7 @@ def to_csv(standings: list[TeamStanding]) -> str:
     kinds = _types(standings)
     header = ["rank", "team", "score", "failed_cases"]
     for kind in kinds:
-        for m in METRICS_BY_TYPE[kind]:
+        for m in _metrics(standings)[kind]:
             header += [f"{kind}_{m}_mean", f"{kind}_{m}_std", f"{kind}_{m}_n", f"{kind}_{m}_mean_rank"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -158,7 +195,7 @@ def to_csv(standings: list[TeamStanding]) -> str:
     for s in standings:
         row = [s.rank, s.team, f"{s.score:.6g}", len(s.failures)]
         for kind in kinds:
-            for m in METRICS_BY_TYPE[kind]:
+            for m in _metrics(standings)[kind]:
                 stats = s.summary.get(kind, {}).get(m) or {}
                 std = stats.get("std")
                 row += [stats.get("mean", ""), "" if std is None else std, stats.get("n", 0),
@@ -172,9 +209,9 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(standings: list[TeamStanding]) -> str:
-    out = []
+    out = [f"% {_edition_line(standings)}"]
     for kind in _types(standings):
-        metrics = METRICS_BY_TYPE[kind]
+        metrics = _metrics(standings)[kind]
         out += [f"% {TYPE_LABELS[kind]} structures: mean $\\pm$ std per team",
                 "\\begin{tabular}{l" + "c" * len(metrics) + "}", "\\hline",
                 "Team & " + " & ".join(METRIC_LATEX[m] for m in metrics) + " \\\\", "\\hline"]
@@ -196,7 +233,7 @@ def write_outputs(standings: list[TeamStanding], results: dict[str, dict], out: 
     _atomic_write(out / "leaderboard.csv", to_csv(standings))
     _atomic_write(out / "leaderboard.tex", to_latex(standings))
     _atomic_write(out / "leaderboard.json", json.dumps(
-        [{"rank": s.rank, "team": s.team, "score": s.score, "column_ranks": s.column_ranks,
+        [{"rank": s.rank, "team": s.team, "score": s.score, "edition": s.edition, "column_ranks": s.column_ranks,
           "summary": s.summary, "failures": s.failures} for s in standings], indent=2) + "\n")
     for team, result in results.items():
         write_json(result, out / "teams" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', team)}.json")

@@ -299,10 +299,15 @@ def skeleton(mask) -> np.ndarray:
     return out
 
 
-def _cldice_from(gt: _MaskAnalysis, pred: _MaskAnalysis) -> float:
+def _cldice_terms(gt: _MaskAnalysis, pred: _MaskAnalysis) -> tuple[float, float]:
     # tprec = |P ∩ S(G)| / |S(G)|, tsens = |G ∩ S(P)| / |S(P)|; each 0 for an empty skeleton.
     tprec = gt.skeleton_hits / gt.skeleton_size if gt.skeleton_size else 0.0
     tsens = pred.skeleton_hits / pred.skeleton_size if pred.skeleton_size else 0.0
+    return tprec, tsens
+
+
+def _cldice_from(gt: _MaskAnalysis, pred: _MaskAnalysis) -> float:
+    tprec, tsens = _cldice_terms(gt, pred)
     return (2.0 * tprec * tsens + _CLDICE_SMOOTH) / (tprec + tsens + _CLDICE_SMOOTH)
 
 
@@ -320,14 +325,28 @@ def spot_metrics(gt, pred) -> dict[str, float | int]:
     return {"dice": dice(gt, pred), "betti0_error": betti0_error(gt, pred)}
 
 
-def tree_metrics(gt, pred) -> dict[str, float | int]:
-    """The tree-like set (vessels, microglia): Dice, clDice, β0 and β1 errors."""
+def tree_metrics(gt, pred, terms: bool = False) -> dict[str, float | int]:
+    """The tree-like set (vessels, microglia): Dice, clDice, β0 and β1 errors.
+
+    ``terms=True`` adds clDice's ``tprec`` and ``tsens``, so callers can tell a real clDice of
+    1.0 from the vacuous one that tprec = tsens = 0 gives (DESIGN.md, 2024 pitfall).
+    """
     gt, pred = _pair(gt, pred)
     # One labelling per mask serves both the Betti numbers and the skeletons.
     ag = _analyse(gt, pred, skeletons=True)
     ap = _analyse(pred, gt, skeletons=True)
-    return {"dice": dice(gt, pred), "cldice": _cldice_from(ag, ap),
-            "betti0_error": abs(ap.betti[0] - ag.betti[0]), "betti1_error": abs(ap.betti[1] - ag.betti[1])}
+    values = {"dice": dice(gt, pred), "cldice": _cldice_from(ag, ap),
+              "betti0_error": abs(ap.betti[0] - ag.betti[0]), "betti1_error": abs(ap.betti[1] - ag.betti[1])}
+    if terms:
+        values["tprec"], values["tsens"] = _cldice_terms(ag, ap)
+    return values
+
+
+def cldice_terms(gt, pred) -> tuple[float, float]:
+    """(tprec, tsens) of the 2024 clDice; clDice is the vacuous 1.0 when both are 0."""
+    gt, pred = _pair(gt, pred)
+    return _cldice_terms(_analyse(gt, pred, topology=False, skeletons=True),
+                         _analyse(pred, gt, topology=False, skeletons=True))
 
 
 def metrics_for_type(structure_type: str, gt, pred) -> dict[str, float | int]:
