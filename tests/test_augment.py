@@ -44,9 +44,9 @@ def test_finetune_augmentation_moves_image_and_label_together():
     positions = set()
     for _ in range(12):
         (crop,) = pipeline(data)
-        # Bilinear (image) and nearest (label) resampling may disagree only on boundary voxels.
+        # Bilinear (image) and nearest (label) resampling (affine, then zoom) may disagree on boundary voxels.
         agree = (crop["label"] > 0) == (crop["image"] > 0)
-        assert agree.float().mean() > 0.98
+        assert agree.float().mean() > 0.96
         positions.add(tuple(torch.nonzero(crop["label"][0]).float().mean(0).round().tolist()))
     assert len(positions) > 3  # the object really moves around
 

@@ -168,7 +168,7 @@ def _spatial(s: dict[str, float], size: tuple[int, int, int]) -> list:
         ))
     if s["p_zoom"] > 0:  # cell size: one isotropic factor; zoomed-out crops are mirror padded
         transforms.append(RandZoomd(keys=KEYS, prob=s["p_zoom"], min_zoom=1 - s["zoom"], max_zoom=1 + s["zoom"],
-                                    mode=("trilinear", "nearest"), padding_mode="reflect", keep_size=True))
+                                    mode=("trilinear", "nearest-exact"), padding_mode="reflect", keep_size=True))
     return transforms
 
 
