@@ -298,3 +298,18 @@ def test_tubed_skeleton_follows_a_tube_and_survives_even_thickness():
     assert torch.equal(out["skeleton"][0].bool(), torch.from_numpy(tubed_skeleton(tube, 1)))
     with pytest.raises(Selma3dError, match="dilation"):
         SkeletonizeLabeld(dilation=-1)
+
+
+def test_precomputed_foreground_indices_give_the_same_crops():
+    from monai.transforms import FgBgToIndicesd
+
+    data = sample((1, 16, 32, 32))
+    data["label"][0, 6:10, 14:18, 2:30] = 1
+    with_indices = FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg")(
+        {"image": torch.from_numpy(data["image"]), "label": torch.from_numpy(data["label"]).float()})
+    plain = finetune_transforms(16, seed=2, num_samples=2)
+    fast = finetune_transforms(16, seed=2, num_samples=2, fg_indices_key="label_fg", bg_indices_key="label_bg")
+    for _ in range(4):
+        for a, b in zip(plain(data), fast(with_indices)):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+            assert set(b) == {"image", "label"}

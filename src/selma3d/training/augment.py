@@ -117,6 +117,8 @@ def finetune_transforms(
     neg: float = 1.0,
     skeleton: bool = False,
     skeleton_dilation: int = DEFAULT_DILATION,
+    fg_indices_key: str | None = None,
+    bg_indices_key: str | None = None,
 ) -> Compose:
     """Pad to ``patch_size``, foreground-balanced random crop, then spatial and light-sheet augmentations.
 
@@ -131,6 +133,10 @@ def finetune_transforms(
     ``skeleton=True`` appends ``SkeletonizeLabeld``: each crop also gets ``"skeleton"``, the tubed
     skeleton of its augmented label, for the ``*+skelrec`` losses. ``seed`` makes the sequence of
     random draws reproducible.
+
+    ``fg_indices_key`` / ``bg_indices_key``: keys of foreground / background voxel indices that the
+    caller computed once per (already padded) patch with MONAI's ``FgBgToIndicesd``; the crop then
+    does not recompute them from the label on every draw (same crops, about a third cheaper).
     """
     size = _size3(patch_size)
     s = _strength(strength)
@@ -140,7 +146,8 @@ def finetune_transforms(
         EnsureTyped(keys=KEYS, data_type="tensor", dtype=torch.float32, track_meta=False),
         SpatialPadd(keys=KEYS, spatial_size=size, mode="replicate"),
         RandCropByPosNegLabeld(keys=KEYS, label_key="label", spatial_size=size, pos=pos, neg=neg,
-                               num_samples=num_samples),
+                               num_samples=num_samples, fg_indices_key=fg_indices_key,
+                               bg_indices_key=bg_indices_key),
         *_spatial(s, size),
         *_light_sheet(s),
     ]
