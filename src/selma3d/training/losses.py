@@ -141,7 +141,8 @@ def _match_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.ndim == logits.ndim - 1:
         target = target.unsqueeze(1)
     if target.shape != logits.shape:
-        raise Selma3dError(f"loss: target (or skeleton) shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+        raise Selma3dError(f"loss: target (or skeleton) shape {tuple(target.shape)} does not match logits "
+                           f"{tuple(logits.shape)}")
     return (target > 0).to(logits.dtype)
 
 
