@@ -22,7 +22,8 @@ def logits_for(mask: torch.Tensor, confidence: float = 8.0) -> torch.Tensor:
 
 
 def test_loss_names():
-    assert LOSS_NAMES == ("dice", "dicece", "dicefocal", "dice+boundary", "dice+cldice")
+    assert LOSS_NAMES == ("dice", "dicece", "dicefocal", "dice+boundary", "dice+cldice", "dice+skelrec",
+                          "dicece+skelrec")
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
@@ -84,7 +85,7 @@ def test_weights_change_the_sum():
 
 
 def test_unknown_losses_and_options_are_refused():
-    with pytest.raises(Selma3dError, match="dice, dicece, dicefocal, dice\\+boundary, dice\\+cldice"):
+    with pytest.raises(Selma3dError, match="dice, dicece, dicefocal, dice\\+boundary, dice\\+cldice, dice\\+skelrec"):
         build_loss("bce")
     with pytest.raises(Selma3dError, match="no option"):
         build_loss("dice", boundary_weight=1.0)
@@ -92,3 +93,79 @@ def test_unknown_losses_and_options_are_refused():
         build_loss("dice+boundary", boundary_weight=-1)
     with pytest.raises(Selma3dError, match="does not match"):
         build_loss("dice")(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 5))
+
+
+# --- skeleton recall (Kirchhoff et al., ECCV 2024) -------------------------------------------------
+
+from selma3d.training.losses import skeleton_recall_loss  # noqa: E402
+from selma3d.training.skeleton import tubed_skeleton  # noqa: E402
+
+
+def skeleton_of(target: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(tubed_skeleton(t[0].numpy(), dilation))[None] for t in target]).float()
+
+
+def test_skeleton_recall_is_zero_when_perfect_one_when_missed_and_differentiable():
+    target = tube_target()
+    skeleton = skeleton_of(target)
+    assert 0 < skeleton.sum() < target.sum() and torch.all(skeleton <= target)
+    assert skeleton_recall_loss(logits_for(target), skeleton) < 0.01
+    missed = logits_for(target * (1 - skeleton))  # everything but the skeleton
+    assert skeleton_recall_loss(missed, skeleton) > 0.97
+    assert skeleton_recall_loss(missed, skeleton, smooth=1e-6) > 0.999
+    logits = torch.zeros_like(target, requires_grad=True)
+    value = skeleton_recall_loss(logits, skeleton)
+    assert abs(float(value.detach()) - 0.5) < 0.01  # p = 0.5 everywhere recalls half the skeleton
+    value.backward()
+    assert torch.all(logits.grad[skeleton > 0] < 0) and torch.all(logits.grad[skeleton == 0] == 0)
+
+
+def test_skeleton_recall_ignores_samples_without_skeleton():
+    target = tube_target()
+    skeleton = skeleton_of(target)
+    empty_second = skeleton.clone()
+    empty_second[1] = 0
+    logits = logits_for(target)
+    logits[1] = -8.0  # the second sample predicts nothing: no skeleton there, so no penalty
+    assert skeleton_recall_loss(logits, empty_second) < 0.01
+    assert skeleton_recall_loss(logits, empty_second, batch=False) < 0.01
+    assert skeleton_recall_loss(logits, skeleton) > 0.3  # with its skeleton it counts
+    assert skeleton_recall_loss(torch.randn_like(target), torch.zeros_like(target)) == 0
+
+
+def test_dicece_skelrec_punishes_a_broken_tube_more_than_dicece():
+    target = tube_target(1)
+    broken = target.clone()
+    broken[..., 10:13] = 0  # a gap in the tube: a few voxels, the connectivity
+    skeleton = skeleton_of(target)
+    plain = build_loss("dicece")
+    with_skeleton = build_loss("dicece+skelrec")
+    assert with_skeleton(logits_for(target), target, skeleton=skeleton) < 0.05
+    broken_plain = plain(logits_for(broken), target)
+    broken_skel = with_skeleton(logits_for(broken), target, skeleton=skeleton)
+    assert broken_skel > broken_plain + 0.05
+    assert with_skeleton.last_terms["skelrec"] > 0.05
+    torch.testing.assert_close(broken_skel, broken_plain + with_skeleton.last_terms["skelrec"])
+    # Without a skeleton from the loader, the loss computes the same one from the target.
+    fallback = build_loss("dicece+skelrec")(logits_for(broken), target)
+    default_skeleton = skeleton_of(target, dilation=2)
+    torch.testing.assert_close(fallback, with_skeleton(logits_for(broken), target, skeleton=default_skeleton))
+    # The weight scales the skeleton term; weight 0 is plain DiceCE.
+    zero = build_loss("dicece+skelrec", skelrec_weight=0.0)(logits_for(broken), target, skeleton=skeleton)
+    torch.testing.assert_close(zero, broken_plain)
+    dice_only = build_loss("dice+skelrec", skelrec_weight=2.0)
+    dice_only(logits_for(broken), target, skeleton=skeleton)
+    assert set(dice_only.last_terms) == {"dice", "skelrec"}
+
+
+def test_every_loss_accepts_a_skeleton_argument():
+    target = tube_target()
+    logits = torch.randn_like(target)
+    for name in LOSS_NAMES:
+        loss = build_loss(name)
+        value = loss(logits, target, skeleton=skeleton_of(target))
+        assert torch.isfinite(value)
+        if "skelrec" not in name:
+            torch.testing.assert_close(value, loss(logits, target))
+    with pytest.raises(Selma3dError, match="skeleton"):
+        build_loss("dicece+skelrec")(logits, target, skeleton=torch.zeros(2, 1, 4, 4, 4))
