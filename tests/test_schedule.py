@@ -78,3 +78,34 @@ def test_sawtooth_run_keeps_the_pretrained_encoder_during_decoder_warmup_then_tr
     state = torch.load(run / "model.pt", weights_only=False)["state_dict"]
     assert any(not torch.equal(state[f"encoder.{k}"], v) for k, v in pretrained.items())
     assert any(not torch.equal(state[f"decoder.{k}"], v) for k, v in decoder_start.items())
+
+
+@pytest.mark.parametrize("structure, expected", [("vessel", "dicece+skelrec"), ("cfos", "dicece")])
+def test_auto_loss_adds_skeleton_recall_for_trees_with_skeletons_from_the_loader(tiny_dataset, tmp_path,
+                                                                                  monkeypatch, structure, expected):
+    import json
+
+    from selma3d.training import losses
+
+    seen = {}
+    original = SegmentationModule.training_step
+
+    def spy(self, batch, batch_idx):
+        seen["skeleton"] = batch.get("skeleton")
+        seen["label"] = batch["label"]
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationModule, "training_step", spy)
+    run = finetune(_config(tiny_dataset, tmp_path / structure, structures=[structure], max_steps=1))
+    assert json.loads((run / "run.json").read_text())["training"]["resolved_loss"] == expected
+    if expected.endswith("+skelrec"):
+        skeleton, label = seen["skeleton"], seen["label"]
+        assert skeleton is not None and skeleton.shape == label.shape
+        # the tubed skeleton lies inside the label and is thinner than it
+        assert skeleton.sum() > 0 and skeleton.sum() < label.sum()
+        assert bool((skeleton <= (label > 0)).all())
+    else:
+        assert seen["skeleton"] is None
+    assert expected in losses.LOSS_NAMES
+    with pytest.raises(InputError, match="--loss"):
+        _config(tiny_dataset, tmp_path, loss="dice+nonsense")

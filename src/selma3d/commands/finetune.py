@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
                                                "rate relative to --lr."),
         decoder_warmup_fraction: float = typer.Option(0.2, "--decoder-warmup-fraction", help="sawtooth: share "
                                                       "of the steps with the encoder frozen."),
-        loss: str = typer.Option("dicece", "--loss", help="dice | dicece | dicefocal | dice+boundary | dice+cldice"),
+        loss: str = typer.Option("auto", "--loss", help="auto (dicece+skelrec for tree-like structures, dicece "
+                                 "otherwise) | dice | dicece | dicefocal | dice+boundary | dice+cldice | dice+skelrec | "
+                                 "dicece+skelrec"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default 1000)."),
         batch_size: int = typer.Option(2, "--batch-size"),
         lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warmup then cosine)."),

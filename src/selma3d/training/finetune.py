@@ -55,7 +55,7 @@ class FinetuneConfig:
     schedule: str | None = None  # constant | sawtooth; default: sawtooth with --pretrained
     encoder_lr_scale: float = 0.1  # sawtooth: encoder learning rate relative to --lr
     decoder_warmup_fraction: float = 0.2  # sawtooth: share of the steps with the encoder frozen
-    loss: str = "dicece"
+    loss: str = "auto"  # auto: dicece+skelrec for tree-like structures, dicece otherwise
     max_steps: int = 1000
     batch_size: int = 2
     lr: float = 1e-3
@@ -91,12 +91,23 @@ class FinetuneConfig:
             raise InputError(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.structures is not None:
             self.structures = [s.strip() for s in self.structures if s.strip()] or None
+        from .losses import LOSS_NAMES
+
+        if self.loss != "auto" and self.loss not in LOSS_NAMES:
+            raise InputError(f"--loss must be auto or one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise InputError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 < self.encoder_lr_scale <= 1:
             raise InputError(f"--encoder-lr-scale must be in (0, 1], got {self.encoder_lr_scale}")
         if not 0 <= self.decoder_warmup_fraction < 1:
             raise InputError(f"--decoder-warmup-fraction must be in [0, 1), got {self.decoder_warmup_fraction}")
+
+    def resolved_loss(self, structure_type: str) -> str:
+        """``auto``: skeleton recall joins Dice+CE for tree-like structures, whose thin branches a
+        volume loss can drop at little cost; spots keep Dice+CE."""
+        if self.loss != "auto":
+            return self.loss
+        return "dicece+skelrec" if structure_type == "tree" else "dicece"
 
     @property
     def resolved_schedule(self) -> str:
@@ -207,7 +218,7 @@ class SegmentationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         logits = self.model(batch["image"])
-        loss = self.loss_fn(logits, batch["label"].float())
+        loss = self.loss_fn(logits, batch["label"].float(), skeleton=batch.get("skeleton"))
         self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -464,7 +475,8 @@ def run_info(config: FinetuneConfig, model: torch.nn.Module, data: FinetuneDataM
         "type": data.structure_type,
         "split": {"train": sorted(c.name for c in data.train_cases), "val": sorted(c.name for c in data.val_cases)},
         "training": asdict(config) | {"patch_size": list(config.patch_size),
-                                      "resolved_schedule": config.resolved_schedule},
+                                      "resolved_schedule": config.resolved_schedule,
+                                      "resolved_loss": config.resolved_loss(data.structure_type)},
         "best": best or {},
         "versions": _versions(),
     }
@@ -536,7 +548,10 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
                               augment_options={"strength": config.augment},
                               normalization=normalization_for(config))
     data.setup("fit")
-    module = SegmentationModule(model, loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
+    loss = config.resolved_loss(data.structure_type)
+    # the tubed skeleton of each augmented crop is computed in the loader, not in the step
+    data.augment_options["skeleton"] = loss.endswith("+skelrec")
+    module = SegmentationModule(model, loss=loss, lr=config.lr, weight_decay=config.weight_decay,
                                 warmup_steps=config.warmup, max_steps=config.max_steps,
                                 freeze_encoder=config.freeze_encoder, patch_size=config.patch_size,
                                 threshold=config.threshold, overlap=config.overlap,
