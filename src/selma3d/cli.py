@@ -4,6 +4,7 @@ printed on one line without a traceback."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -47,11 +48,38 @@ def app() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        # The environment refused a file operation (read-only disk, no permission, disk full):
+        # the user's problem, not a bug; name the file and say what the system said.
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
     except Exception as exc:  # click usage errors and the like
-        import click
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+        for module in _click_exception_modules():
+            if isinstance(exc, module.ClickException):
+                exc.show()
+                sys.exit(exc.exit_code)
+            if isinstance(exc, module.Abort):
+                typer.echo("aborted", err=True)
+                sys.exit(1)
         raise
+
+
+#: OSError numbers that describe the user's environment rather than a bug in selma3d.
+ENVIRONMENT_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _click_exception_modules() -> list:
+    """The ``exceptions`` modules of every click the command may raise from.
+
+    typer >= 0.29 vendors click as ``typer._click`` (its exceptions are *not* subclasses of the
+    installed click's), older typer uses the installed ``click``; accept both, whichever exists."""
+    modules = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return modules

@@ -35,6 +35,13 @@ def register(app: typer.Typer) -> None:
     ):
         from ..errors import Selma3dError
         from ..evaluation.challenge import evaluate as run, format_summary, write_csv, write_json
+        from ..paths import check_input, check_output
+
+        check_input(pred, what="prediction")
+        check_input(gt, what="ground truth")
+        for path, what in ((out, "--out"), (csv, "--csv")):
+            if path is not None:
+                check_output(path, "file", inputs=[pred, gt], what=f"{what} file")
 
         result = run(pred, gt, jobs=jobs or None, progress=not quiet, structure=structure)
         write_json(result, out)

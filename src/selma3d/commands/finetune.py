@@ -71,8 +71,22 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ):
         """Finetune a segmentation network on annotated patches; RUN/ then holds all `predict` needs."""
+        from ..paths import check_input, check_output
+        from .options import check_device
+
         sizes = _patch_size(patch_size, list(ctx.args))
         names = [s.strip() for s in structures.split(",")] if structures else None
+        if freeze_encoder and pretrained is None and not resume:
+            raise InputError("--freeze-encoder needs --pretrained ENCODER.pt: freezing a randomly "
+                             "initialized encoder would train the decoder on noise features")
+        if data is not None:
+            check_input(data, "dir", "--data folder")
+        if pretrained is not None:
+            check_input(pretrained, "file", "--pretrained checkpoint")
+        if resume:
+            check_input(out, "dir", "--out run folder to resume")
+        check_output(out, "dir", inputs=[data, pretrained])
+        check_device(accelerator, "--accelerator")
         if router:
             if data is None:
                 raise InputError("--data is required")

@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
         as LSM-like int16 volumes with ground-truth masks, in the selma3d dataset layout.
         A killed run resumes where it stopped when started again with the same options."""
         from ..data.synthetic import make_dataset
+        from ..paths import check_output
 
+        check_output(out, "dir")
         path = make_dataset(out, preset=preset, seed=seed, progress=not quiet, overwrite=overwrite)
         typer.echo(f"dataset ({preset}, seed {seed}) written to {path}")
