@@ -28,7 +28,7 @@ def check_input(path: str | os.PathLike, kind: Kind = "any", what: str = "input"
     """``path`` exists, is of ``kind`` and is readable; returns it as a :class:`Path`."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: {what} not found")
+        raise InputError(f"{path}: no such file or folder" + ("" if what == "input" else f" (the {what})"))
     actual = _kind_of(path)
     if kind != "any" and actual != kind:
         raise InputError(f"{path}: {what} is {KIND_WORDS[actual]}, expected {KIND_WORDS[kind]}")

@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
             check_input(router, what="--router")
         check_device(device)
         one_file = input.is_file() and str(output).endswith(NIFTI_SUFFIXES) and not is_whole_volume(input)
-        check_output(output, "file" if one_file else "dir", inputs=[input, *model, router])
+        # the run folders are inputs too, but masks written beside a model harm nothing
+        check_output(output, "file" if one_file else "dir", inputs=[input])
 
         if is_whole_volume(input):
             from ..errors import InputError

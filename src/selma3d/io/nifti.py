@@ -58,7 +58,7 @@ def _load_verified(path: Path) -> nib.Nifti1Image:
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise InputError(f"{path}: corrupt gzip stream ({exc}); the file is damaged or truncated "
+        raise InputError(f"{path}: cannot read NIfTI: corrupt gzip stream ({exc}); the file is damaged or truncated "
                          "(check it with `gzip -t`)") from None
     return nib.Nifti1Image.from_bytes(raw)
 
