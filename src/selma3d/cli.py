@@ -59,6 +59,8 @@ def app() -> None:
     except Exception as exc:  # click usage errors and the like
         for module in _click_exception_modules():
             if isinstance(exc, module.ClickException):
+                if isinstance(exc, module.UsageError) and exc.ctx is None:
+                    exc.ctx = _command_context()  # some parser errors come without one: no usage line
                 exc.show()
                 sys.exit(exc.exit_code)
             if isinstance(exc, module.Abort):
@@ -83,3 +85,18 @@ def _click_exception_modules() -> list:
         except ImportError:
             continue
     return modules
+
+
+def _command_context():
+    """A click context for the sub-command named on the command line (or the group), parsed
+    leniently, so that a usage error raised without one still prints its ``Usage:`` line."""
+    try:
+        group = typer.main.get_command(app_typer)
+        name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+        parent = group.make_context("selma3d", [], resilient_parsing=True)
+        command = group.get_command(parent, name) if name else None
+        if command is None:
+            return parent
+        return command.make_context(name, [], parent=parent, resilient_parsing=True)
+    except Exception:  # only decoration: the error message itself is printed regardless
+        return None

@@ -10,6 +10,7 @@ The write test uses ``os.access(W_OK)``, which also answers for read-only mounts
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterable, Literal
@@ -92,3 +93,23 @@ def _why_not_writable(folder: Path) -> str:
     except OSError:
         return "permission denied"
     return "read-only file system" if stats.f_flag & os.ST_RDONLY else "permission denied"
+
+
+@contextlib.contextmanager
+def no_empty_output_on_failure(path: str | os.PathLike):
+    """If the command fails, remove the output folder it created, provided nothing was written
+    into it (empty sub-folders only): a failed run should not leave an empty run folder that
+    looks like one. A folder that existed before, or holds any file, is left alone."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield path
+    except BaseException:
+        if not existed and path.is_dir():
+            for folder in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                                 reverse=True) + [path]:
+                try:
+                    folder.rmdir()  # only ever succeeds on an empty folder
+                except OSError:
+                    break
+        raise

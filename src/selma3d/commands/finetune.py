@@ -113,5 +113,8 @@ def register(app: typer.Typer) -> None:
                 val_fraction=val_fraction, folds=folds, fold=fold, checkpoint_every=checkpoint_every,
                 val_every=val_every, threshold=threshold, augment=augment, num_workers=num_workers, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, precision=precision, progress=not quiet)
-        run = run_finetune(config, resume=resume)
+        from ..paths import no_empty_output_on_failure
+
+        with no_empty_output_on_failure(out):
+            run = run_finetune(config, resume=resume)
         typer.echo(f"finetuned model written to {run}")

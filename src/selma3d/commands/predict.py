@@ -71,7 +71,10 @@ def register(app: typer.Typer) -> None:
             volume_spacing(input)
             options = {}
             if block_size:
-                parts = [int(v) for v in block_size.replace(",", " ").split()]
+                try:
+                    parts = [int(v) for v in block_size.replace(",", " ").split()]
+                except ValueError:
+                    raise InputError(f"--block-size expects N or Z,Y,X integers, got {block_size!r}") from None
                 options["block_size"] = parts[0] if len(parts) == 1 else tuple(parts)
             path = predict_whole_volume(str(model[0]), input, output, halo=halo, overlap=overlap, tta_flips=tta,
                                         threshold=threshold, min_size=min_size, normalization=normalization,

@@ -105,6 +105,9 @@ def register(app: typer.Typer) -> None:
             downsample_xy=downsample_xy, fg_threshold=fg_threshold if fg_fraction > 0 else None,
             fg_fraction=fg_fraction, progress=progress,
             **{k: v for k, v in runtime.items() if v is not None})
-        encoder = run_pretraining(config, resume=resume, given=given)
+        from ..paths import no_empty_output_on_failure
+
+        with no_empty_output_on_failure(out):
+            encoder = run_pretraining(config, resume=resume, given=given)
         if encoder.is_file():
             typer.echo(f"encoder: {encoder}")

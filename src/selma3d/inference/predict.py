@@ -240,6 +240,8 @@ def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], inpu
         raise InputError(f"--overlap must be in [0, 1), got {overlap}")
     if threshold is not None and not 0 < threshold < 1:
         raise InputError(f"--threshold must be in (0, 1), got {threshold}")
+    if min_size < 0:
+        raise InputError(f"--min-size must be >= 0, got {min_size}")
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
     if not run_dirs:
