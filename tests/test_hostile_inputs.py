@@ -123,6 +123,7 @@ class Case:
     code: int = 1
     readonly: str | None = None  # a folder under tmp that is mounted read-only for the run
     leaves: tuple[str, ...] = ()  # files (relative to tmp) the command writes on purpose despite the error
+    cpu_only: bool = False  # asks for a GPU: an error only where torch has no CUDA
 
 
 def _predict(w, *args):
@@ -226,7 +227,7 @@ CASES = [
          ("zarr.json", "unreadable Zarr metadata")),
     Case("predict-device-cuda-on-cpu-torch", lambda w: _predict(w, w.nii("x.nii.gz"), w.tmp / "o.nii.gz",
                                                                 "--device", "cuda"),
-         ("--device cuda",)),
+         ("--device cuda",), cpu_only=True),
     Case("predict-device-nonsense", lambda w: _predict(w, w.nii("x.nii.gz"), w.tmp / "o.nii.gz", "--device", "gpu9"),
          ("--device gpu9", "not a device")),
     Case("predict-model-missing", lambda w: ["predict", "--model", w.tmp / "norun", w.nii("x.nii.gz"),
@@ -317,7 +318,7 @@ CASES = [
          ("--model-option", "key=value")),
     Case("pretrain-accelerator-gpu-on-cpu-torch", lambda w: _pt(w, "--data", w.data, "--out", w.tmp / "p",
                                                                 "--accelerator", "gpu"),
-         ("--accelerator gpu",)),
+         ("--accelerator gpu",), cpu_only=True),
     Case("pretrain-resume-without-run", lambda w: _pt(w, "--data", w.data, "--out", w.tmp / "p", "--resume"),
          ("{tmp}/p", "no such file")),
     Case("pretrain-resume-other-patch-size", lambda w: _pt(w, "--data", w.data, "--out", w.pretrain_config(),
@@ -349,7 +350,7 @@ CASES = [
          ("--patch-size",)),
     Case("finetune-unknown-loss", lambda w: _ft(w, "--out", w.tmp / "f", "--loss", "bogus"), ("bogus",)),
     Case("finetune-accelerator-gpu-on-cpu-torch", lambda w: _ft(w, "--out", w.tmp / "f", "--accelerator", "gpu"),
-         ("--accelerator gpu",)),
+         ("--accelerator gpu",), cpu_only=True),
     Case("finetune-resume-without-run", lambda w: ["finetune", "--out", w.tmp / "f", "--resume"],
          ("{tmp}/f", "no such file")),
     Case("finetune-gzip-crc-error-in-dataset", lambda w: _ft(w, "--out", w.tmp / "f", "--structures", "cfos",
@@ -482,6 +483,11 @@ def test_hostile_input(case: Case, world: World, monkeypatch, capsys, readonly_m
     if case.readonly and not readonly_mounts:
         pytest.skip("read-only locations need root and `unshare -m` (a read-only bind mount in a private "
                     "mount namespace); not available here")
+    if case.cpu_only:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this torch has CUDA: asking for a GPU is not an error here")
     argv = case.build(world)
     monkeypatch.chdir(world.tmp)
     roots = (world.tmp, world.data, world.run)
@@ -519,3 +525,82 @@ def test_matrix_has_at_least_60_cases_over_every_command():
     covered = {case.id.split("-")[0] for case in CASES} | {case.id.split("-")[1] for case in CASES
                                                           if case.id.startswith("usage-")}
     assert commands <= covered, commands - covered
+
+
+# ------------------------------------------------------------------- cases that need more than one step
+
+def test_second_conversion_of_the_same_store_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
+    """Item 15: a real first `convert` (paused with SIGSTOP while it holds the lock), a second
+    `convert --overwrite` of the same store → refused; the first then finishes a verified store."""
+    import tifffile
+
+    from selma3d.io.zarrstore import open_zarr_volume
+    from selma3d.lockfile import lock_path
+
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    volume = (np.random.default_rng(0).random((40, 64, 64)) * 1000).astype(np.int16)
+    for z, plane in enumerate(volume):
+        tifffile.imwrite(slices / f"slice_{z:05d}.tif", plane)
+    store = tmp_path / "brain.zarr"
+    first = subprocess.Popen([sys.executable, "-m", "selma3d", "convert", str(slices), str(store), "--chunks", "8"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        deadline = time.monotonic() + 120
+        while not (store / "selma3d_conversion.json").is_file() and first.poll() is None:
+            assert time.monotonic() < deadline, "first conversion never started"
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGSTOP)
+        assert json.loads(lock_path(store).read_text())["pid"] == first.pid
+        code, err = run_in_process(["convert", slices, store, "--overwrite"], monkeypatch, capsys)
+        assert code == 1 and "Traceback" not in err
+        assert err.startswith(f"error: {store}: another selma3d convert (pid {first.pid} on "), err
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    np.testing.assert_array_equal(open_zarr_volume(store)[:], volume)
+    assert not lock_path(store).exists()
+
+
+def test_stale_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
+    from selma3d.lockfile import lock_path, output_lock
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "o.zarr"
+    lock_path(out).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with output_lock(out) as held:
+        assert json.loads(held.read_text())["pid"] == os.getpid()
+    assert not lock_path(out).exists()
+    lock_path(out).write_text(json.dumps({"pid": dead.pid, "host": "another-host"}))  # never guessed stale
+    from selma3d.errors import InputError
+
+    with pytest.raises(InputError, match="another-host"):
+        with output_lock(out):
+            pass
+
+
+def test_plain_zarr_array_is_predicted_as_a_whole_volume(world, monkeypatch, capsys):
+    """Item 12: a Zarr array without a group (no OME metadata) is a valid 3D input."""
+    from selma3d.io.zarrstore import open_zarr_volume
+
+    source = _plain_zarr(world, (24, 32, 32))
+    code, err = run_in_process(_predict(world, source, world.tmp / "m.zarr", "--workers", "1"), monkeypatch, capsys)
+    assert code == 0, err
+    assert open_zarr_volume(world.tmp / "m.zarr").shape == (24, 32, 32)
+
+
+def test_synth_overwrite_replaces_its_own_dataset_and_nothing_else(tmp_path, monkeypatch, capsys):
+    from selma3d.data.synthetic import MANIFEST, make_dataset
+
+    out = make_dataset(tmp_path / "R", preset="tiny", seed=1)
+    manifest = json.loads((out / MANIFEST).read_text())["files"]
+    assert "dataset.json" in manifest and len(manifest) == sum(1 for p in out.rglob("*") if p.is_file()) - 1
+    neighbour = tmp_path / "R-notes.txt"
+    neighbour.write_text("keep")
+    code, err = run_in_process(["synth", out, "--preset", "tiny", "--seed", "2", "--overwrite", "--quiet"],
+                               monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((out / "dataset.json").read_text())["seed"] == 2
+    assert neighbour.read_text() == "keep"
