@@ -83,8 +83,6 @@ def register(app: typer.Typer) -> None:
             check_input(data, "dir", "--data folder")
         if pretrained is not None:
             check_input(pretrained, "file", "--pretrained checkpoint")
-        if resume:
-            check_input(out, "dir", "--out run folder to resume")
         check_output(out, "dir", inputs=[data, pretrained])
         check_device(accelerator, "--accelerator")
         if router:

@@ -76,8 +76,6 @@ def register(app: typer.Typer) -> None:
         from .options import check_device
 
         check_input(data, "dir", "--data folder")
-        if resume:
-            check_input(out, "dir", "--out run folder to resume")
         check_output(out, "dir", inputs=[data])
         check_device(accelerator, "--accelerator")
         runtime = {"max_steps": max_steps, "num_workers": num_workers, "checkpoint_every": checkpoint_every,
