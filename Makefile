@@ -35,7 +35,7 @@ test-latest:
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet torch==2.13.0
 	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]' torch==2.13.0
-	$(LATEST)/bin/pip freeze | grep -viE '^(-e |selma3d)' > $(LATEST)/versions.txt
+	$(LATEST)/bin/pip freeze | grep -viE '^(-e |#|selma3d)' > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q -m drift -p no:cacheprovider
 
 bench: $(STAMP)

@@ -226,6 +226,7 @@ def checkpoint_step(path: Path) -> int:
 
 
 def _same_setting(name: str, saved, given) -> bool:
+    """Whether a resumed run's option equals the saved one (as JSON; paths resolved)."""
     if name == "data":
         return Path(str(saved)).resolve() == Path(str(given)).resolve()
     return json.loads(json.dumps(saved, default=str)) == json.loads(json.dumps(given, default=str))
