@@ -604,3 +604,17 @@ def test_synth_overwrite_replaces_its_own_dataset_and_nothing_else(tmp_path, mon
     assert code == 0, err
     assert json.loads((out / "dataset.json").read_text())["seed"] == 2
     assert neighbour.read_text() == "keep"
+
+
+def test_environment_oserror_mid_work_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """A file system that turns read-only (or full) after the checks: one line naming the file."""
+    import errno
+
+    from selma3d.data import synthetic
+
+    def full_disk(out, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "dataset.json"))
+
+    monkeypatch.setattr(synthetic, "make_dataset", full_disk)
+    code, err = run_in_process(["synth", tmp_path / "S", "--quiet"], monkeypatch, capsys)
+    assert code == 1 and err == f"error: {tmp_path / 'S' / 'dataset.json'}: No space left on device\n", err
