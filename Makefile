@@ -5,13 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+LATEST := .venv-latest
 
-$(STAMP): pyproject.toml
+.PHONY: install demo test test-fast test-latest bench clean
+
+# Pinned: constraints.txt holds the tested versions of every dependency (torch comes first, alone).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +28,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Drift check: the newest release of every dependency (no constraints; torch stays 2.13.0), and the
+# tests marked `drift` (usage errors of every command, a CLI smoke run) against them.
+test-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet torch==2.13.0
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]' torch==2.13.0
+	$(LATEST)/bin/pip freeze | grep -viE '^(-e |#|selma3d)' > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q -m drift -p no:cacheprovider
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/io_bench.py
 	$(BIN)/python benchmarks/metrics_bench.py
@@ -33,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/blockwise_bench.py
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) $(LATEST) demo_out

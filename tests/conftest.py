@@ -11,3 +11,22 @@ def tiny_dataset(tmp_path_factory):
     from selma3d.data.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset, tmp_path_factory):
+    """A finetuned c-Fos run (3D UNet with features 4-8-16, 2 steps on 16³ crops), written once per
+    session: everything `selma3d predict` needs, trained as little as possible."""
+    import torch
+
+    from selma3d.training.finetune import FinetuneConfig, finetune
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return finetune(FinetuneConfig(data=str(tiny_dataset), out=str(tmp_path_factory.mktemp("run") / "cfos"),
+                                       model_options={"features": [4, 8, 16]}, max_steps=2,
+                                       patch_size=(16, 16, 16), val_fraction=0.0, structures=["cfos"],
+                                       progress=False, num_workers=0))
+    finally:
+        torch.set_num_threads(previous)

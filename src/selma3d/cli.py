@@ -4,6 +4,7 @@ printed on one line without a traceback."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -47,11 +48,55 @@ def app() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        # The environment refused a file operation (read-only disk, no permission, disk full):
+        # the user's problem, not a bug; name the file and say what the system said.
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
     except Exception as exc:  # click usage errors and the like
-        import click
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+        for module in _click_exception_modules():
+            if isinstance(exc, module.ClickException):
+                if isinstance(exc, module.UsageError) and exc.ctx is None:
+                    exc.ctx = _command_context()  # some parser errors come without one: no usage line
+                exc.show()
+                sys.exit(exc.exit_code)
+            if isinstance(exc, module.Abort):
+                typer.echo("aborted", err=True)
+                sys.exit(1)
         raise
+
+
+#: OSError numbers that describe the user's environment rather than a bug in selma3d.
+ENVIRONMENT_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _click_exception_modules() -> list:
+    """The ``exceptions`` modules of every click the command may raise from.
+
+    typer >= 0.29 vendors click as ``typer._click`` (its exceptions are *not* subclasses of the
+    installed click's), older typer uses the installed ``click``; accept both, whichever exists."""
+    modules = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return modules
+
+
+def _command_context():
+    """A click context for the sub-command named on the command line (or the group), parsed
+    leniently, so that a usage error raised without one still prints its ``Usage:`` line."""
+    try:
+        group = typer.main.get_command(app_typer)
+        name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+        parent = group.make_context("selma3d", [], resilient_parsing=True)
+        command = group.get_command(parent, name) if name else None
+        if command is None:
+            return parent
+        return command.make_context(name, [], parent=parent, resilient_parsing=True)
+    except Exception:  # only decoration: the error message itself is printed regardless
+        return None

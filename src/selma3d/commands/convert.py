@@ -24,8 +24,13 @@ def register(app: typer.Typer) -> None:
 
         Resumable: if interrupted, run the same command again to finish only what is missing."""
         from selma3d.io.zarrstore import convert_to_zarr, open_zarr_volume
+        from selma3d.lockfile import output_lock
+        from selma3d.paths import check_input, check_output
 
-        result = convert_to_zarr(slices_dir, out, chunks=chunks, spacing=spacing or (1.0, 1.0, 1.0),
-                                 levels=levels, overwrite=overwrite, verify=not no_verify, progress=True)
+        check_input(slices_dir)
+        check_output(out, "dir", inputs=[slices_dir])
+        with output_lock(out, "selma3d convert"):  # a second writer of the same store is refused
+            result = convert_to_zarr(slices_dir, out, chunks=chunks, spacing=spacing or (1.0, 1.0, 1.0),
+                                     levels=levels, overwrite=overwrite, verify=not no_verify, progress=True)
         volume = open_zarr_volume(result)
         typer.echo(f"wrote {result} (level 0: {'x'.join(map(str, volume.shape))} {volume.dtype})")

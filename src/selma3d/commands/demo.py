@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
         if mode not in MODES:
             raise Selma3dError(f"unknown demo mode {mode!r}; choose one of {', '.join(MODES)}")
         m = MODES[mode]
+        from ..paths import check_output
+
+        check_output(out, "dir")
         out.mkdir(parents=True, exist_ok=True)
         data = out / "data"
         patch = str(m["patch"])

@@ -50,6 +50,13 @@ def register(app: typer.Typer) -> None:
     ):
         from ..errors import InputError, Selma3dError
         from ..evaluation.challenge import evaluate as run, format_summary, official_metrics, write_csv, write_json
+        from ..paths import check_input, check_output
+
+        check_input(pred, what="prediction")
+        check_input(gt, what="ground truth")
+        for path, what in ((out, "--out"), (csv, "--csv")):
+            if path is not None:
+                check_output(path, "file", inputs=[pred, gt], what=f"{what} file")
 
         if output_format not in ("selma3d", "official"):
             raise InputError(f"--format {output_format!r}: choose selma3d or official")

@@ -80,8 +80,20 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ):
         """Finetune a segmentation network on annotated patches; RUN/ then holds all `predict` needs."""
+        from ..paths import check_input, check_output
+        from .options import check_device
+
         sizes = _patch_size(patch_size, list(ctx.args))
         names = [s.strip() for s in structures.split(",")] if structures else None
+        if freeze_encoder and pretrained is None and not resume:
+            raise InputError("--freeze-encoder needs --pretrained ENCODER.pt: freezing a randomly "
+                             "initialized encoder would train the decoder on noise features")
+        if data is not None:
+            check_input(data, "dir", "--data folder")
+        if pretrained is not None:
+            check_input(pretrained, "file", "--pretrained checkpoint")
+        check_output(out, "dir", inputs=[data, pretrained])
+        check_device(accelerator, "--accelerator")
         if router:
             if data is None:
                 raise InputError("--data is required")
@@ -109,5 +121,8 @@ def register(app: typer.Typer) -> None:
                 val_fraction=val_fraction, folds=folds, fold=fold, checkpoint_every=checkpoint_every,
                 val_every=val_every, threshold=threshold, augment=augment, num_workers=num_workers, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, precision=precision, progress=not quiet)
-        run = run_finetune(config, resume=resume)
+        from ..paths import no_empty_output_on_failure
+
+        with no_empty_output_on_failure(out):
+            run = run_finetune(config, resume=resume)
         typer.echo(f"finetuned model written to {run}")

@@ -34,7 +34,14 @@ def register(app: typer.Typer) -> None:
     ):
         from ..evaluation.leaderboard import parse_submissions, run_leaderboard, to_markdown, write_outputs
 
+        from ..paths import check_input, check_output
+
         teams = parse_submissions(submissions)
+        check_input(gt, what="ground truth")
+        for team, folder in teams.items():
+            check_input(folder, what=f"submission of team {team!r}")
+        if out is not None:
+            check_output(out, "dir", inputs=[gt, *teams.values()])
         standings, results = run_leaderboard(gt, teams, jobs=jobs or None, progress=not quiet,
                                              structure=structure, edition=edition)
         for team, result in results.items():

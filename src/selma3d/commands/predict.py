@@ -45,6 +45,19 @@ def register(app: typer.Typer) -> None:
     ):
         """Segment NIfTI patches: sliding windows with Gaussian blending, threshold, small-component removal."""
         from ..inference.predict import predict_path
+        from ..io.nifti import NIFTI_SUFFIXES
+        from ..paths import check_input, check_output
+        from .options import check_device
+
+        check_input(input)
+        for run in model:
+            check_input(run, "dir", "--model run folder")
+        if router is not None:
+            check_input(router, what="--router")
+        check_device(device)
+        one_file = input.is_file() and str(output).endswith(NIFTI_SUFFIXES) and not is_whole_volume(input)
+        # the run folders are inputs too, but masks written beside a model harm nothing
+        check_output(output, "file" if one_file else "dir", inputs=[input])
 
         if is_whole_volume(input):
             from ..errors import InputError
@@ -52,9 +65,16 @@ def register(app: typer.Typer) -> None:
 
             if len(model) != 1 or router is not None:
                 raise InputError("whole-volume prediction takes exactly one --model and no --router")
+            from ..io.volume import open_volume, volume_spacing
+
+            open_volume(input)  # lazy: checks the input opens as a 3D volume before the model loads
+            volume_spacing(input)
             options = {}
             if block_size:
-                parts = [int(v) for v in block_size.replace(",", " ").split()]
+                try:
+                    parts = [int(v) for v in block_size.replace(",", " ").split()]
+                except ValueError:
+                    raise InputError(f"--block-size expects N or Z,Y,X integers, got {block_size!r}") from None
                 options["block_size"] = parts[0] if len(parts) == 1 else tuple(parts)
             path = predict_whole_volume(str(model[0]), input, output, halo=halo, overlap=overlap, tta_flips=tta,
                                         threshold=threshold, min_size=min_size, normalization=normalization,

@@ -14,6 +14,12 @@ DEFAULT_MODELS = {"byol": "unet3d", "multitask": "swinunetr", "inpainting": "une
                   "dino": "vit3d", "simclr": "attunet2d"}
 
 
+#: command-line parameter → PretrainConfig field, where the names differ
+CONFIG_FIELDS = {"model_option": "model_options", "method_option": "method_options", "structure": "structures"}
+PRETRAIN_FIELDS = ("data", "model", "model_options", "method_options", "structures", "patch_size", "batch_size",
+                   "lr", "weight_decay", "warmup_steps", "seed", "downsample_xy", "fg_threshold", "fg_fraction")
+
+
 def parse_patch_size(text: str) -> tuple[int, int, int]:
     """``64`` or ``32,64,64`` (z,y,x)."""
     try:
@@ -30,6 +36,7 @@ def parse_patch_size(text: str) -> tuple[int, int, int]:
 def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain(
+        ctx: typer.Context,
         method: str = typer.Option(..., help="byol | multitask | inpainting | dino | simclr"),
         data: Path = typer.Option(..., help="dataset folder (its unannotated/ volumes are used)"),
         out: Path = typer.Option(..., help="run folder (checkpoints, loss curve, encoder.pt)"),
@@ -65,6 +72,12 @@ def register(app: typer.Typer) -> None:
         from ..ssl.base import method_class
 
         method_class(method)  # unknown name → one-line error listing the methods
+        from ..paths import check_input, check_output
+        from .options import check_device
+
+        check_input(data, "dir", "--data folder")
+        check_output(out, "dir", inputs=[data])
+        check_device(accelerator, "--accelerator")
         runtime = {"max_steps": max_steps, "num_workers": num_workers, "checkpoint_every": checkpoint_every,
                    "num_nodes": num_nodes, "accelerator": accelerator, "strategy": strategy,
                    "precision": precision}
@@ -73,6 +86,10 @@ def register(app: typer.Typer) -> None:
         given = {k for k, v in runtime.items() if v is not None} | {"progress"}
         if resume:
             given.add("method")
+            # the training options typed on this command line, so a resume can refuse changed ones
+            given |= {CONFIG_FIELDS.get(name, name) for name in ctx.params
+                      if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+                      and CONFIG_FIELDS.get(name, name) in PRETRAIN_FIELDS}
 
         from ..training.pretrain import PretrainConfig, run_pretraining
 
@@ -86,6 +103,9 @@ def register(app: typer.Typer) -> None:
             downsample_xy=downsample_xy, fg_threshold=fg_threshold if fg_fraction > 0 else None,
             fg_fraction=fg_fraction, progress=progress,
             **{k: v for k, v in runtime.items() if v is not None})
-        encoder = run_pretraining(config, resume=resume, given=given)
+        from ..paths import no_empty_output_on_failure
+
+        with no_empty_output_on_failure(out):
+            encoder = run_pretraining(config, resume=resume, given=given)
         if encoder.is_file():
             typer.echo(f"encoder: {encoder}")

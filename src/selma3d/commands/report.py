@@ -21,6 +21,17 @@ def register(app: typer.Typer) -> None:
         max_figures: int = typer.Option(24, "--max-figures", help="Overlay figures for the first N cases."),
     ) -> None:
         """Write OUT/index.html: mean ± std per structure type, per-case metrics, overlays."""
+        from ..errors import InputError
+        from ..io.nifti import is_nifti
+        from ..paths import check_input, check_output
+
+        check_input(metrics, "file", "metrics file")
+        for given, what in ((pred, "--pred"), (gt, "--gt"), (images, "--images")):
+            if given is not None:
+                check_input(given, what=f"{what} path")
+                if given.is_dir() and not any(is_nifti(p) for p in given.rglob("*")):
+                    raise InputError(f"{given}: {what} folder holds no NIfTI files (.nii, .nii.gz)")
+        check_output(out, "dir", inputs=[metrics, pred, gt, images])
         from ..report.html import build_report
 
         index = build_report(metrics, out, pred=pred, gt=gt, images=images, title=title,

@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         ranges (recorded in dataset.json). A killed run resumes where it stopped when started again
         with the same options."""
         from ..data.synthetic import make_dataset
+        from ..paths import check_output
 
+        check_output(out, "dir")
         path = make_dataset(out, preset=preset, seed=seed, progress=not quiet, overwrite=overwrite, shift=shift)
         typer.echo(f"dataset ({preset}, seed {seed}{', with shifted_test' if shift else ''}) written to {path}")

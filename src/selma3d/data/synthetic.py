@@ -258,14 +258,62 @@ def dataset_meta(preset: Preset, seed: int, shift: bool = False) -> dict:
             "case_parameters": params}
 
 
+#: Inside a finished dataset: every file synth wrote with its size and mtime, so ``--overwrite``
+#: deletes only files it can prove it wrote (a user's own dataset.json or extra files stop it).
+MANIFEST = ".selma3d_synth_manifest.json"
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            st = path.stat()
+            files[path.relative_to(folder).as_posix()] = [st.st_size, st.st_mtime_ns]
+    (folder / MANIFEST).write_text(json.dumps({"written_by": "selma3d synth", "format": 1, "files": files}))
+
+
+def _provably_ours(out: Path) -> list[Path]:
+    """The files of ``out`` (manifest last) if all of them are exactly the ones synth wrote there;
+    else raise :class:`InputError` naming the first that is not."""
+    try:
+        listed = json.loads((out / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{out}: not a selma3d dataset written by `selma3d synth` (no readable {MANIFEST}); "
+                         "refusing to overwrite it") from None
+    files = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(name.startswith(rel + "/") for name in listed):
+                raise InputError(f"{path}: not written by `selma3d synth`; refusing to overwrite {out}")
+            continue
+        if rel == MANIFEST:
+            continue
+        st = path.lstat()
+        if listed.get(rel) != [st.st_size, st.st_mtime_ns] or path.is_symlink():
+            raise InputError(f"{path}: not written by `selma3d synth` (or changed since); refusing to "
+                             f"overwrite {out}")
+        files.append(path)
+    return files + [out / MANIFEST]
+
+
+def _remove_dataset(out: Path) -> None:
+    """Delete exactly the files synth wrote, then the folders they leave empty (rmdir refuses
+    a folder in which something new appeared)."""
+    for path in _provably_ours(out):
+        path.unlink()
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        folder.rmdir()
+    out.rmdir()
+
+
 def _prepare_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise InputError(f"{out}: folder is not empty (use --overwrite to replace a dataset)")
-        if not (out / "dataset.json").is_file():
-            raise InputError(f"{out}: not a selma3d dataset (no dataset.json); refusing to overwrite it")
+        _provably_ours(out)
 
 
 def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, progress: bool = False,
@@ -274,6 +322,8 @@ def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, pr
     also the ``shifted_test`` split (drawn from :data:`~.domain.SHIFTED_DOMAINS`)."""
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if int(seed) < 0:
+        raise InputError(f"--seed must be a non-negative integer, got {seed}")
     spec = PRESETS[preset]
     out = Path(out)
     _prepare_output(out, overwrite)
@@ -323,9 +373,10 @@ def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, pr
     meta = dataset_meta(spec, seed, shift)
     (partial / "dataset.json").write_text(json.dumps(meta, indent=2))
     stamp_path.unlink()
+    _write_manifest(partial)
     if out.exists():
         if any(out.iterdir()):
-            shutil.rmtree(out)
+            _remove_dataset(out)
         else:
             out.rmdir()
     os.replace(partial, out)

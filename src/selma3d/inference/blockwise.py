@@ -479,6 +479,10 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
         raise InputError(f"--workers must be at least 1, got {workers}")
     output = Path(output)
     kind = output_kind(output)
+    if isinstance(input, (str, os.PathLike)):
+        from ..paths import check_output
+
+        check_output(output, "dir", inputs=[input])  # never write into, onto or around the input
 
     if not isinstance(run, LoadedRun):
         run = load_run(run, device=device)
@@ -498,6 +502,7 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
         raise InputError(f"{source or 'input'}: expected a non-empty 3D (z, y, x) volume, got shape {shape}")
     chunks = tuple(min(b, n) for b, n in zip(block_size, shape))
     blocks = block_grid(shape, chunks)
+    spacing = (volume_spacing(source) if source is not None else None) or (1.0, 1.0, 1.0)  # checked up front
 
     options = {"block_size": list(chunks), "halo": list(halo), "patch_size": list(patch_size),
                "overlap": float(overlap), "tta_flips": tta_flips if isinstance(tta_flips, bool) else
@@ -575,7 +580,6 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
             client.close()
         _open_array.cache_clear()
 
-    spacing = (volume_spacing(source) if source is not None else None) or (1.0, 1.0, 1.0)
     if kind == "zarr":
         _finish_zarr(output, shape, spacing, {"run": str(run.path), "source": identity["input"]["path"],
                                               "threshold": threshold, "min_size": int(min_size)})

@@ -21,6 +21,7 @@ import torch
 from ..data.normalize import DEFAULT_NORMALIZATION, Normalization
 from ..errors import InputError, Selma3dError
 from ..io.nifti import NIFTI_SUFFIXES, case_name, is_nifti, read_nifti, write_nifti
+from ..paths import check_output
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
 
 MODEL_FILE = "model.pt"
@@ -229,6 +230,13 @@ def output_paths(inputs: list[Path], input_path: Path, output: Path) -> list[Pat
     return [output / p.name for p in inputs]
 
 
+def check_finite(array: np.ndarray, path: str | os.PathLike) -> None:
+    """A NaN or infinite voxel would silently turn into an empty mask: refuse the image."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(f"{path}: image holds {bad} NaN or infinite voxel(s); fix or mask them before predicting")
+
+
 def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], input_path: str | os.PathLike,
                  output: str | os.PathLike, tta: bool = False, min_size: int = DEFAULT_MIN_SIZE,
                  threshold: float | None = None, overlap: float = 0.5, router: str | os.PathLike | None = None,
@@ -243,6 +251,8 @@ def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], inpu
         raise InputError(f"--overlap must be in [0, 1), got {overlap}")
     if threshold is not None and not 0 < threshold < 1:
         raise InputError(f"--threshold must be in (0, 1), got {threshold}")
+    if min_size < 0:
+        raise InputError(f"--min-size must be >= 0, got {min_size}")
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
     if not run_dirs:
@@ -250,6 +260,9 @@ def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], inpu
     input_path, output = Path(input_path), Path(output)
     inputs = list_inputs(input_path)
     outputs = output_paths(inputs, input_path, output)
+    check_output(output, "file" if outputs == [output] else "dir", inputs=[input_path])
+    for src in inputs:  # every input readable and finite before any mask is written
+        check_finite(read_nifti(src).array, src)
     device = torch.device(device) if device is not None else default_device()
     runs = [load_run(r, device=device) for r in run_dirs]
 

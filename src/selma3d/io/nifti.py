@@ -46,14 +46,33 @@ class NiftiVolume:
         return (sz, sy, sx)
 
 
+def _load_verified(path: Path) -> nib.Nifti1Image:
+    """Load ``path``; a ``.nii.gz`` is decompressed whole first so that gzip checks its CRC-32 and
+    length. (nibabel reads only the bytes the image needs and stops before the gzip trailer, so a
+    stream with zeroed bytes in the middle would otherwise load as valid, with wrong voxels.)"""
+    if not str(path).endswith(".gz"):
+        return nib.load(str(path))
+    import gzip
+    import zlib
+
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise InputError(f"{path}: cannot read NIfTI: corrupt gzip stream ({exc}); the file is damaged or truncated "
+                         "(check it with `gzip -t`)") from None
+    return nib.Nifti1Image.from_bytes(raw)
+
+
 def read_nifti(path: str | os.PathLike, dtype=None) -> NiftiVolume:
     """Read a 3D NIfTI file as (z, y, x). Raises :class:`InputError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such NIfTI file")
     try:
-        img = nib.load(str(path))
+        img = _load_verified(path)
         data = np.asarray(img.dataobj)
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises many kinds for corrupt files
         raise InputError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     if data.ndim == 4 and data.shape[3] == 1:

@@ -379,6 +379,8 @@ def zarr_spacing(path: str | os.PathLike, level: int | None = None) -> tuple[flo
     path = Path(path)
     if _node_type(path) == "array":
         group, name = path.parent, path.name
+        if _node_type(group) != "group":
+            return None  # a plain Zarr array: no OME metadata anywhere
     else:
         group, name = path, None
     try:

@@ -225,6 +225,13 @@ def checkpoint_step(path: Path) -> int:
     return int(state.get("global_step", 0))
 
 
+def _same_setting(name: str, saved, given) -> bool:
+    """Whether a resumed run's option equals the saved one (as JSON; paths resolved)."""
+    if name == "data":
+        return Path(str(saved)).resolve() == Path(str(given)).resolve()
+    return json.loads(json.dumps(saved, default=str)) == json.loads(json.dumps(given, default=str))
+
+
 def _resume_config(config: PretrainConfig, given: set[str]) -> PretrainConfig:
     saved_path = Path(config.out) / CONFIG_NAME
     if not saved_path.is_file():
@@ -237,6 +244,14 @@ def _resume_config(config: PretrainConfig, given: set[str]) -> PretrainConfig:
             saved[name] = getattr(config, name)
     saved["out"] = config.out
     saved["patch_size"] = tuple(saved["patch_size"])
+    changed = [name for name in sorted(given - set(RUNTIME_OPTIONS) - {"out", "method", "progress"})
+               if name in saved and not _same_setting(name, saved[name], getattr(config, name))]
+    if changed:
+        raise Selma3dError(
+            f"{config.out}: --resume cannot change " + "; ".join(
+                f"{name} (saved {saved[name]!r}, given {getattr(config, name)!r})" for name in changed)
+            + ". A resume may change only " + ", ".join("--" + n.replace("_", "-") for n in RUNTIME_OPTIONS)
+            + "; start a new --out to train with other settings")
     if saved.get("method") != config.method and "method" in given:
         raise Selma3dError(f"{config.out}: was pretrained with --method {saved.get('method')}, "
                            f"not {config.method}")

@@ -1,0 +1,88 @@
+"""Usage errors of every command print click's usage message and exit 2, never a traceback, with
+whatever click typer really uses (typer >= 0.29 vendors its own as ``typer._click``); and a CLI
+smoke run. Marked ``drift``: `make test-latest` runs these against the newest dependencies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selma3d.cli import app_typer
+
+pytestmark = pytest.mark.drift
+
+COMMANDS = sorted(command.name or command.callback.__name__ for command in app_typer.registered_commands)
+
+
+def selma3d_command() -> list[str]:
+    """The installed console script (what a user runs), else ``python -m selma3d``."""
+    script = Path(sys.executable).with_name("selma3d")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "selma3d"]
+
+
+def run(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*selma3d_command(), *map(str, args)], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("Usage: ") and lines[-1].startswith("Error: "), result.stderr
+    for text in expected:
+        assert text in lines[-1], result.stderr
+
+
+def test_every_command_is_covered():
+    assert set(COMMANDS) >= {"convert", "demo", "evaluate", "finetune", "leaderboard", "predict", "pretrain",
+                             "report", "synth"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unknown_option_is_a_usage_error(command):
+    assert_usage_error(run(command, "--no-such-option-xyz"), "No such option", "--no-such-option-xyz")
+
+
+def test_unknown_command_and_bad_values_are_usage_errors():
+    assert_usage_error(run("frobnicate"), "No such command")
+    assert_usage_error(run("synth", "x", "--seed", "abc"), "'--seed'")
+    assert_usage_error(run("predict"), "Missing")
+
+
+def test_handled_click_is_the_one_typer_raises():
+    """The exception classes the CLI catches include those typer's parser really raises."""
+    from typer.testing import CliRunner
+
+    from selma3d.cli import _click_exception_modules
+
+    result = CliRunner().invoke(app_typer, ["synth", "--no-such-option-xyz"], standalone_mode=False)
+    assert result.exception is not None
+    assert any(isinstance(result.exception, m.ClickException) for m in _click_exception_modules())
+
+
+def test_cli_smoke_run(tmp_path):
+    """synth → convert → evaluate → report through the console script, each exit 0."""
+    data = tmp_path / "data"
+    assert run("synth", data, "--preset", "tiny", "--quiet").returncode == 0
+    volume = sorted((data / "unannotated" / "vessel").iterdir())[0]
+    converted = run("convert", volume, tmp_path / "v.zarr", "--chunks", "32")
+    assert converted.returncode == 0, converted.stderr
+    assert json.loads((tmp_path / "v.zarr" / "zarr.json").read_text())["attributes"]["selma3d"]["verified"]
+    pred = tmp_path / "pred"
+    shutil.copytree(data / "annotated" / "final_test" / "cfos", pred)
+    for image in pred.glob("*_img.nii.gz"):
+        image.unlink()
+    evaluated = run("evaluate", pred, data / "annotated" / "final_test" / "cfos", "--out", tmp_path / "m.json",
+                    "--quiet")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["cases"] and all(case["dice"] == 1.0 for case in metrics["cases"])
+    reported = run("report", tmp_path / "m.json", "--out", tmp_path / "report")
+    assert reported.returncode == 0, reported.stderr
+    assert (tmp_path / "report" / "index.html").is_file()
