@@ -60,6 +60,8 @@ class FinetuneConfig:
     patch_size: tuple[int, int, int] = (64, 64, 64)
     seed: int = 0
     structures: list[str] | None = None
+    labels: int | None = None  # training patches per structure (the first k of a seeded permutation); None: all
+    linear_probe: bool = False  # train only one 1x1x1 conv on the frozen encoder's features (models/probe.py)
     val_fraction: float = 0.2
     folds: int | None = None
     fold: int | None = None
@@ -87,6 +89,8 @@ class FinetuneConfig:
             raise InputError(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.structures is not None:
             self.structures = [s.strip() for s in self.structures if s.strip()] or None
+        if self.labels is not None and int(self.labels) < 1:
+            raise InputError(f"--labels must be >= 1 training patches per structure, got {self.labels}")
 
     @property
     def warmup(self) -> int:
@@ -465,16 +469,20 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     model = build_network(config)
+    if config.linear_probe:
+        from ..models.probe import LinearProbe
+
+        model = LinearProbe.around(model)
     check_patch_size(model, config.patch_size)
     data = FinetuneDataModule(config.data, config.patch_size, structures=config.structures,
                               batch_size=config.batch_size, val_fraction=config.val_fraction,
-                              folds=config.folds, fold=config.fold, seed=config.seed,
+                              folds=config.folds, fold=config.fold, seed=config.seed, labels=config.labels,
                               num_workers=config.num_workers, samples_per_epoch=config.samples_per_epoch,
                               augment_options={"strength": config.augment})
     data.setup("fit")
     module = SegmentationModule(model, loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
                                 warmup_steps=config.warmup, max_steps=config.max_steps,
-                                freeze_encoder=config.freeze_encoder, patch_size=config.patch_size,
+                                freeze_encoder=config.freeze_encoder or config.linear_probe, patch_size=config.patch_size,
                                 threshold=config.threshold, overlap=config.overlap)
     info = run_info(config, model, data, status="training")
     write_json(out / RUN_FILE, info)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
@@ -103,6 +104,24 @@ def split_cases(cases: Sequence, val_fraction: float = 0.2, seed: int = 0, folds
     return train, val
 
 
+def select_labels(cases: Sequence, labels: int | None, seed: int = 0) -> list:
+    """The first ``labels`` cases of a seeded permutation of each structure's cases (all if None).
+
+    Deterministic for a seed and nested across budgets (the 1-patch set is inside the 4-patch
+    set), so every arm of a label-efficiency study trains on the same patches.
+    """
+    if labels is None:
+        return list(cases)
+    by_structure: dict[str, list] = defaultdict(list)
+    for case in sorted(cases, key=lambda c: (c.structure, c.name if hasattr(c, "name") else c.case)):
+        by_structure[case.structure].append(case)
+    chosen = []
+    for structure, group in sorted(by_structure.items()):
+        rng = np.random.default_rng([int(seed), zlib.crc32(structure.encode())])
+        chosen.extend(group[i] for i in sorted(rng.permutation(len(group))[: int(labels)]))
+    return chosen
+
+
 def _as_sample(case: PatchCase) -> dict:
     return {"image": case.image[None], "label": case.label[None], "structure": case.structure,
             "type": case.type, "name": case.name}
@@ -114,8 +133,9 @@ class FinetuneDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str | os.PathLike, patch_size: Sequence[int], structures: Sequence[str] | None = None,
                  batch_size: int = 2, val_fraction: float = 0.2, folds: int | None = None,
                  fold: int | None = None, seed: int = 0, num_workers: int = 0, samples_per_epoch: int = 64,
-                 augment_options: dict | None = None):
+                 augment_options: dict | None = None, labels: int | None = None):
         super().__init__()
+        self.labels = labels  # training patches per structure kept after the split (None: all)
         self.data_dir = data_dir
         self.patch_size = tuple(int(p) for p in patch_size)
         self.structures = list(structures) if structures else None
@@ -148,6 +168,7 @@ class FinetuneDataModule(pl.LightningDataModule):
             raise InputError(f"{self.data_dir}: no annotated training patches{which} "
                              "(expected annotated/train/<structure>/<case>_img.nii.gz and _label.nii.gz)")
         train, val = split_cases(cases, self.val_fraction, self.seed, self.folds, self.fold)
+        train = select_labels(train, self.labels, self.seed)
         self.train_cases = [load_case(c, dataset.type_of(c.structure)) for c in train]
         self.val_cases = [load_case(c, dataset.type_of(c.structure)) for c in val]
 
