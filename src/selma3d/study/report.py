@@ -251,11 +251,20 @@ def write_report(out: str | os.PathLike, rows: list[dict], title: str = "selma3d
     return analysis
 
 
-def copy_figures(study: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
-    """Copy a study's curve PNGs into ``dest`` (for a report that embeds :func:`html_section`)."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copy2(p, dest / p.name)) for p in sorted(Path(study).glob("curves_*.png"))]
+def embed_study(study: str | os.PathLike, figure_dir: str | os.PathLike, image_prefix: str = "figures/") -> str:
+    """A finished study's HTML section for another page (the demo's report): reads
+    ``STUDY/summary.json`` and copies its curve PNGs into ``figure_dir``."""
+    from ..errors import InputError
+
+    study, figure_dir = Path(study), Path(figure_dir)
+    try:
+        analysis = json.loads((study / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"--study {study}: not a finished `selma3d study` folder ({exc})") from None
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    for png in sorted(study.glob("curves_*.png")):
+        shutil.copy2(png, figure_dir / png.name)
+    return html_section(analysis, image_dir=image_prefix)
 
 
 def text_summary(analysis: dict) -> str:

@@ -190,7 +190,7 @@ def finetune_config(plan: StudyPlan, arm: Arm, run_dir: Path, encoder: Path | No
 
     return FinetuneConfig(
         data=plan.data, out=str(run_dir), model=arm.model, model_options=plan.options_for(arm.model),
-        pretrained=str(encoder) if encoder is not None else None, freeze_encoder=arm.mode == "frozen",
+        pretrained=str(encoder) if encoder is not None else None, freeze_encoder=arm.mode != "full",
         linear_probe=arm.mode == "linear", loss=plan.loss, max_steps=plan.steps, batch_size=plan.batch_size,
         lr=plan.lr, patch_size=(plan.patch_size,) * 3, seed=arm.seed, structures=[arm.structure],
         labels=arm.labels, val_fraction=0.0, checkpoint_every=plan.steps, augment=plan.augment,

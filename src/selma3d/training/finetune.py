@@ -78,6 +78,9 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self):
+        if self.labels is not None and int(self.labels) < 1:
+            raise InputError(f"--labels must be >= 1 training patches per structure, got {self.labels}")
+        self.freeze_encoder = self.freeze_encoder or self.linear_probe  # a probe's encoder never trains
         self.patch_size = parse_patch_size(self.patch_size)
         if self.max_steps < 1:
             raise InputError(f"--max-steps must be >= 1, got {self.max_steps}")
@@ -89,8 +92,6 @@ class FinetuneConfig:
             raise InputError(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.structures is not None:
             self.structures = [s.strip() for s in self.structures if s.strip()] or None
-        if self.labels is not None and int(self.labels) < 1:
-            raise InputError(f"--labels must be >= 1 training patches per structure, got {self.labels}")
 
     @property
     def warmup(self) -> int:
@@ -476,13 +477,14 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
     check_patch_size(model, config.patch_size)
     data = FinetuneDataModule(config.data, config.patch_size, structures=config.structures,
                               batch_size=config.batch_size, val_fraction=config.val_fraction,
-                              folds=config.folds, fold=config.fold, seed=config.seed, labels=config.labels,
+                              folds=config.folds, fold=config.fold, seed=config.seed,
                               num_workers=config.num_workers, samples_per_epoch=config.samples_per_epoch,
                               augment_options={"strength": config.augment})
     data.setup("fit")
+    data.keep_labels(config.labels)
     module = SegmentationModule(model, loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
                                 warmup_steps=config.warmup, max_steps=config.max_steps,
-                                freeze_encoder=config.freeze_encoder or config.linear_probe, patch_size=config.patch_size,
+                                freeze_encoder=config.freeze_encoder, patch_size=config.patch_size,
                                 threshold=config.threshold, overlap=config.overlap)
     info = run_info(config, model, data, status="training")
     write_json(out / RUN_FILE, info)

@@ -133,9 +133,8 @@ class FinetuneDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str | os.PathLike, patch_size: Sequence[int], structures: Sequence[str] | None = None,
                  batch_size: int = 2, val_fraction: float = 0.2, folds: int | None = None,
                  fold: int | None = None, seed: int = 0, num_workers: int = 0, samples_per_epoch: int = 64,
-                 augment_options: dict | None = None, labels: int | None = None):
+                 augment_options: dict | None = None):
         super().__init__()
-        self.labels = labels  # training patches per structure kept after the split (None: all)
         self.data_dir = data_dir
         self.patch_size = tuple(int(p) for p in patch_size)
         self.structures = list(structures) if structures else None
@@ -168,7 +167,6 @@ class FinetuneDataModule(pl.LightningDataModule):
             raise InputError(f"{self.data_dir}: no annotated training patches{which} "
                              "(expected annotated/train/<structure>/<case>_img.nii.gz and _label.nii.gz)")
         train, val = split_cases(cases, self.val_fraction, self.seed, self.folds, self.fold)
-        train = select_labels(train, self.labels, self.seed)
         self.train_cases = [load_case(c, dataset.type_of(c.structure)) for c in train]
         self.val_cases = [load_case(c, dataset.type_of(c.structure)) for c in val]
 
@@ -228,6 +226,12 @@ class FinetuneDataModule(pl.LightningDataModule):
             s["image"] = torch.from_numpy(s["image"])
             s["label"] = torch.from_numpy(s["label"])
         return DataLoader(samples, batch_size=1, shuffle=False, num_workers=0, collate_fn=_collate_whole)
+
+    def keep_labels(self, labels: int | None) -> None:
+        """After :meth:`setup`: train on only ``labels`` patches per structure (:func:`select_labels`
+        with this module's seed; the held-out patches are untouched). None keeps them all."""
+        self.train_cases = select_labels(self.train_cases, labels, self.seed)
+        self._train_samples = None
 
 
 def _collate_whole(batch: list[dict]) -> dict:
