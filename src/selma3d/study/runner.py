@@ -206,11 +206,11 @@ def run_arm(plan: StudyPlan, arm: Arm, encoder: Path | None, cases: list[TestCas
     run_dir = Path(plan.out) / RUNS_DIR / arm.key
     if run_dir.exists():  # cut short by a kill: this arm starts again
         shutil.rmtree(run_dir)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with _quiet():
         finetune(finetune_config(plan, arm, run_dir, encoder))
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # optimizer state: not needed any more
-    trained = time.perf_counter()
+    trained, cpu_trained = time.perf_counter(), time.process_time()
     info = json.loads((run_dir / RUN_FILE).read_text())
     loaded = load_run(run_dir)
     kind = info["type"]
@@ -223,7 +223,11 @@ def run_arm(plan: StudyPlan, arm: Arm, encoder: Path | None, cases: list[TestCas
                      "type": case.type,
                      **{k: float(v) for k, v in metrics_for_type(case.type, case.label, mask).items()}})
     return {"key": arm.key, "arm": arm.fields(), "train_cases": info["split"]["train"], "type": kind,
-            "seconds": {"train": trained - start, "evaluate": time.perf_counter() - trained}, "rows": rows}
+            "schedule": info["training"].get("resolved_schedule"),
+            # process CPU time too: on a shared machine it estimates the time on idle cores
+            "seconds": {"train": trained - start, "evaluate": time.perf_counter() - trained,
+                        "train_cpu": cpu_trained - cpu_start, "evaluate_cpu": time.process_time() - cpu_trained},
+            "rows": rows}
 
 
 def arm_path(plan: StudyPlan, arm: Arm) -> Path:
@@ -268,16 +272,17 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] | None = None) -> Stud
 
     encoders: dict[str, Path] = {}
     for method in dict.fromkeys(a.method for a in todo if a.pretrained):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         log(f"[study] pretraining {method} ({plan.model_for(method)}, {plan.pretrain_steps} steps) ...")
         encoders[method], ran = ensure_encoder(plan, method)
         if ran:
             result.pretrained.append(method)
-        log(f"[study] {method} encoder: {encoders[method]} ({format_seconds(time.perf_counter() - t0)})")
+        log(f"[study] {method} encoder: {encoders[method]} ({format_seconds(time.perf_counter() - t0)}, "
+            f"cpu {time.process_time() - cpu0:.1f} s)")
 
     durations = []
     for index, arm in enumerate(todo, start=1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         record = run_arm(plan, arm, encoders.get(arm.method), cases)
         write_json_atomic(arm_path(plan, arm), record)
         result.ran.append(arm.key)
@@ -285,7 +290,7 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] | None = None) -> Stud
         eta = float(np.mean(durations)) * (len(todo) - index)
         dice = np.mean([r["dice"] for r in record["rows"]]) if record["rows"] else float("nan")
         log(f"[study] arm {len(done) + index}/{len(arms)} {arm.key}: dice {dice:.3f} on {len(record['rows'])} "
-            f"cases ({durations[-1]:.1f} s) · elapsed {format_seconds(time.perf_counter() - started)} "
+            f"cases ({durations[-1]:.1f} s, cpu {time.process_time() - cpu0:.1f} s) · elapsed {format_seconds(time.perf_counter() - started)} "
             f"· ETA {format_seconds(eta)}")
 
     for arm in arms:
