@@ -111,6 +111,9 @@ def test_paired_differences_pair_by_seed_and_case():
     # a baseline without seeds (the threshold) pairs with every seed by case
     otsu = [{"case": "a", "seed": None, "dice": 0.4}, {"case": "b", "seed": None, "dice": 0.4}]
     assert paired_seed_differences(ssl, otsu, "dice") == pytest.approx({0: 0.3, 1: 0.2, 2: 0.5})
+    # the same case name in two test splits is two cases
+    other_split = [dict(r, split="final_test", dice=0.0) for r in scratch]
+    assert paired_seed_differences(ssl, other_split, "dice") == {}
     comparisons = scratch_comparisons(ssl + scratch, ["dice"])
     assert [(c["method"], c["labels"]) for c in comparisons] == [("byol", "1")]
 
@@ -232,7 +235,7 @@ def test_tiny_study_end_to_end_with_resume(tiny_dataset, tmp_path):
     assert "8 arms run now, 0 found finished" in result.output
     assert "[study] arm 8/8" in result.output
     rows = json.loads((out / "results.json").read_text())
-    cases = {r["case"] for r in rows if r["method"] == "otsu"}
+    cases = {(r["split"], r["case"]) for r in rows if r["method"] == "otsu"}
     assert len(cases) == 2 and {r["type"] for r in rows} == {"spot"}  # cfos → every spot test case
     assert len([r for r in rows if r["method"] != "otsu"]) == 8 * len(cases)
     header = (out / "results.csv").read_text().splitlines()[0]
@@ -261,3 +264,65 @@ def test_tiny_study_end_to_end_with_resume(tiny_dataset, tmp_path):
     assert "1 arms run now, 7 found finished" in again.output
     assert (out / "pretrain" / "byol" / "encoder.pt").is_file()
     assert (out / "arms" / "cfos-scratch-unet3d-full-L1-s0.json").stat().st_mtime_ns == kept
+
+
+def test_study_files_and_their_place_in_the_html_report(tmp_path):
+    from selma3d.report.html import build_report
+    from selma3d.study.report import write_report
+
+    rows = []
+    for seed in (0, 1, 2):
+        for case, base in (("c1", 0.5), ("c2", 0.6)):
+            for labels in (1, "all"):
+                rows += [_row("byol", seed, case, base + 0.1 + 0.01 * seed, labels),
+                         _row("scratch", seed, case, base, labels)]
+    rows += [{"structure": "", "method": "otsu", "model": "", "mode": "", "labels": "", "seed": None, "case": c,
+              "type": "spot", "dice": 0.3, "betti0_error": 2.0} for c in ("c1", "c2")]
+    for row in rows:
+        row.update(split="final_test", test_structure="cfos")
+    study = tmp_path / "study"
+    study.mkdir()
+    analysis = write_report(study, rows)
+    (section,) = analysis["sections"]
+    assert [c["verdict"] for c in section["versus_scratch"] if c["metric"] == "dice"] == ["better", "better"]
+    assert section["table"][0]["method"] == "scratch"
+    assert section["table"][0]["cells"]["1"]["dice"]["mean"] == pytest.approx(0.55)
+    lines = (study / "comparisons.csv").read_text().splitlines()
+    assert lines[0].startswith("baseline,structure,model,method") and len(lines) == 1 + 2 * 2 + 2 * 2 * 2
+    assert (study / "curves_cfos.png").stat().st_size > 1000
+    assert "better than scratch" in (study / "index.html").read_text()
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"cases": [], "summary": {}, "failures": []}))
+    page = build_report(metrics, tmp_path / "report", study=study).read_text()
+    assert "Does self-supervised pretraining pay" in page and "figures/curves_cfos.png" in page
+    assert (tmp_path / "report" / "figures" / "curves_cfos.png").is_file()
+    with pytest.raises(InputError, match="--study"):
+        build_report(metrics, tmp_path / "report2", study=tmp_path)
+
+
+@pytest.mark.slow
+def test_cpu_preset_study_on_the_small_synthetic_set(tmp_path):
+    """``--preset cpu`` as shipped (model, crops, steps, pretraining) on ``synth --preset small``,
+    with a reduced grid: the full grid takes about 20 minutes on 2 idle cores (BENCHMARKS.md),
+    more than CI's per-test timeout."""
+    from typer.testing import CliRunner
+
+    from selma3d.cli import app_typer
+    from selma3d.data.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "small", preset="small", seed=0)
+    out = tmp_path / "study"
+    result = CliRunner().invoke(app_typer, ["study", "--data", str(data), "--out", str(out), "--preset", "cpu",
+                                            "--methods", "byol", "--labels", "1,all", "--seeds", "0,1",
+                                            "--structures", "cfos", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "[study] arm" not in result.output  # --quiet
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["steps"] == 150 and plan["pretrain_steps"] == 300 and plan["patch_size"] == 32
+    rows = json.loads((out / "results.json").read_text())
+    assert len([r for r in rows if r["method"] != "otsu"]) == 8 * 8  # 8 arms × 8 c-Fos test cases
+    (section,) = json.loads((out / "summary.json").read_text())["sections"]
+    assert len([c for c in section["versus_scratch"] if c["metric"] == "dice"]) == 2
+    assert section["headline"][0].startswith("Self-supervised pretraining")
+    # trained for real: every arm segments c-Fos better than chance
+    assert all(entry["cells"]["all"]["dice"]["mean"] > 0.2 for entry in section["table"])

@@ -52,8 +52,8 @@ def analyze(rows: list[dict], confidence: float = 0.95) -> dict:
         arm_rows = [r for r in rows if r["structure"] == structure and r["method"] != OTSU]
         kind = arm_rows[0]["type"]
         metrics = list(METRICS_BY_TYPE[kind])
-        cases = {r["case"] for r in arm_rows}
-        base = [r for r in otsu if r["case"] in cases]
+        cases = {stats.case_id(r) for r in arm_rows}
+        base = [r for r in otsu if stats.case_id(r) in cases]
         budgets = sorted({str(r["labels"]) for r in arm_rows}, key=_budget_order)
         models = {r["model"] for r in arm_rows}
         groups = stats.groups(arm_rows)

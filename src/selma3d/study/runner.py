@@ -273,7 +273,8 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] | None = None) -> Stud
     encoders: dict[str, Path] = {}
     for method in dict.fromkeys(a.method for a in todo if a.pretrained):
         t0, cpu0 = time.perf_counter(), time.process_time()
-        log(f"[study] pretraining {method} ({plan.model_for(method)}, {plan.pretrain_steps} steps) ...")
+        if method not in plan.encoders:
+            log(f"[study] pretraining {method} ({plan.model_for(method)}, {plan.pretrain_steps} steps) ...")
         encoders[method], ran = ensure_encoder(plan, method)
         if ran:
             result.pretrained.append(method)

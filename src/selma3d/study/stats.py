@@ -74,6 +74,11 @@ def verdict(interval: Interval, higher_is_better: bool = True) -> str:
     return NO_DIFFERENCE
 
 
+def case_id(row: dict) -> tuple:
+    """A test case: its split and name (splits may reuse names, e.g. ``cfos_000``)."""
+    return (row.get("split", ""), row["case"])
+
+
 def group_key(row: dict) -> tuple:
     return tuple(str(row[f]) for f in GROUP_FIELDS)
 
@@ -100,7 +105,7 @@ def summarize_group(rows: Sequence[dict], metric: str) -> dict:
     if not means:
         return {"mean": None, "std": None, "n_seeds": 0, "n_cases": 0}
     return {"mean": float(np.mean(means)), "std": float(np.std(means, ddof=1)) if len(means) > 1 else None,
-            "n_seeds": len(means), "n_cases": len({r["case"] for r in rows})}
+            "n_seeds": len(means), "n_cases": len({case_id(r) for r in rows})}
 
 
 def paired_seed_differences(rows: Sequence[dict], baseline: Sequence[dict], metric: str) -> dict[int, float]:
@@ -109,13 +114,13 @@ def paired_seed_differences(rows: Sequence[dict], baseline: Sequence[dict], metr
     base: dict[tuple, float] = {}
     for row in baseline:
         if row.get(metric) is not None:
-            base[(None if row.get("seed") in (None, "") else int(row["seed"]), row["case"])] = float(row[metric])
+            base[(None if row.get("seed") in (None, "") else int(row["seed"]), case_id(row))] = float(row[metric])
     diffs: dict[int, list[float]] = defaultdict(list)
     for row in rows:
         if row.get(metric) is None:
             continue
         seed = int(row["seed"])
-        other = base.get((seed, row["case"]), base.get((None, row["case"])))
+        other = base.get((seed, case_id(row)), base.get((None, case_id(row))))
         if other is not None:
             diffs[seed].append(float(row[metric]) - other)
     return {seed: float(np.mean(v)) for seed, v in sorted(diffs.items()) if v}
