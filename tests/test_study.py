@@ -318,7 +318,7 @@ def test_cpu_preset_study_on_the_small_synthetic_set(tmp_path):
     assert result.exit_code == 0, result.output
     assert "[study] arm" not in result.output  # --quiet
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["steps"] == 150 and plan["pretrain_steps"] == 300 and plan["patch_size"] == 32
+    assert plan["steps"] == 100 and plan["pretrain_steps"] == 200 and plan["patch_size"] == 32
     rows = json.loads((out / "results.json").read_text())
     assert len([r for r in rows if r["method"] != "otsu"]) == 8 * 8  # 8 arms × 8 c-Fos test cases
     (section,) = json.loads((out / "summary.json").read_text())["sections"]

@@ -44,15 +44,17 @@ PRESETS: dict[str, dict] = {
     # seconds: for tests and `selma3d demo --mode quick`
     "tiny": dict(methods=["byol"], modes=["full"], labels=[1, None], seeds=[0, 1],
                  model_options={"unet3d": {"features": [4, 8, 16]}}, patch_size=16, batch_size=2,
-                 steps=4, pretrain_steps=4, pretrain_batch_size=2, num_workers=0, augment="light"),
+                 steps=4, pretrain_steps=4, pretrain_batch_size=2, num_workers=0, pretrain_workers=0,
+                 augment="light"),
     # <= 20 minutes on 2 idle CPU cores on `selma3d synth --preset small` (BENCHMARKS.md)
     "cpu": dict(methods=["byol", "inpainting"], modes=["full"], labels=[1, 4, None], seeds=[0, 1],
                 model_options={"unet3d": {"features": [8, 16, 32]}}, patch_size=32, batch_size=2,
-                steps=150, pretrain_steps=300, pretrain_batch_size=4, num_workers=0, augment="default"),
+                steps=100, pretrain_steps=200, pretrain_batch_size=4, num_workers=0, pretrain_workers=1,
+                augment="default"),
     # the recipe for one real GPU: every method with unet3d or its own backbone, every mode
     "gpu": dict(methods=["byol", "inpainting", "multitask", "dino", "simclr"], modes=list(MODES),
                 labels=[1, 2, 4, None], seeds=[0, 1, 2], model_options=_GPU_MODELS, patch_size=64,
-                batch_size=4, steps=2000, pretrain_steps=20000, pretrain_batch_size=8, num_workers=4,
+                batch_size=4, steps=2000, pretrain_steps=20000, pretrain_batch_size=8, num_workers=4, pretrain_workers=4,
                 augment="default"),
 }
 
@@ -82,7 +84,8 @@ class StudyPlan:
     pretrain_lr: float = 1e-4
     pretrain_seed: int = 0  # one pretraining per method, shared by every seed of the study
     encoders: dict[str, str] = field(default_factory=dict)  # method -> existing encoder.pt to reuse
-    num_workers: int = 0
+    num_workers: int = 0  # finetuning loader workers (augmentation is cheap next to the step)
+    pretrain_workers: int = 1  # pretraining loader workers (patch sampling from volumes is not)
 
     @classmethod
     def from_preset(cls, data: str, out: str, preset: str = "cpu", **overrides) -> "StudyPlan":

@@ -152,7 +152,7 @@ def ensure_encoder(plan: StudyPlan, method: str) -> tuple[Path, bool]:
     """``encoder.pt`` of ``method``: given, already pretrained, resumed, or pretrained now.
     Returns (path, whether pretraining ran in this call)."""
     from ..models import load_encoder_checkpoint
-    from ..training.pretrain import CHECKPOINT_NAME, ENCODER_NAME, PretrainConfig, run_pretraining
+    from ..training.pretrain import CHECKPOINT_NAME, ENCODER_NAME, PretrainConfig, checkpoint_step, run_pretraining
 
     model = plan.model_for(method)
     if method in plan.encoders:
@@ -161,11 +161,16 @@ def ensure_encoder(plan: StudyPlan, method: str) -> tuple[Path, bool]:
         run_dir = Path(plan.out) / PRETRAIN_DIR / method
         path, ran = run_dir / ENCODER_NAME, False
         if not path.is_file():
-            resume = (run_dir / "checkpoints" / CHECKPOINT_NAME).is_file()
+            ckpt = run_dir / "checkpoints" / CHECKPOINT_NAME
+            if ckpt.is_file() and checkpoint_step(ckpt) >= plan.pretrain_steps:
+                # Killed between its last checkpoint and encoder.pt: nothing left to resume, and
+                # a seeded rerun gives the same encoder.
+                shutil.rmtree(run_dir)
+            resume = ckpt.is_file()
             config = PretrainConfig(method=method, data=plan.data, out=str(run_dir), model=model,
                                     model_options=plan.options_for(model), max_steps=plan.pretrain_steps,
                                     patch_size=(plan.patch_size,) * 3, batch_size=plan.pretrain_batch_size,
-                                    lr=plan.pretrain_lr, seed=plan.pretrain_seed, num_workers=plan.num_workers,
+                                    lr=plan.pretrain_lr, seed=plan.pretrain_seed, num_workers=plan.pretrain_workers,
                                     checkpoint_every=max(1, min(100, plan.pretrain_steps)), progress=False)
             with _quiet():
                 run_pretraining(config, resume=resume, given=set())
