@@ -24,9 +24,9 @@ from ..errors import Selma3dError
 #: "standard" trains long enough on the `small` preset for meaningful segmentations.
 MODES = {
     "quick": dict(preset="tiny", pretrain_steps=4, finetune_steps=6, patch=16, batch=2, features="[4,8,16]",
-                  study=dict(preset="tiny", labels="1,all", seeds="0,1", structures="cfos")),
+                  study=dict(preset="tiny", labels="1,all", seeds="0,1", structures="cfos", steps=6)),
     "standard": dict(preset="small", pretrain_steps=60, finetune_steps=150, patch=32, batch=2, features="[8,16,32]",
-                     study=dict(preset="cpu", labels="1,all", seeds="0,1", structures="cfos,vessel")),
+                     study=dict(preset="cpu", labels="1,all", seeds="0,1", structures="cfos,vessel", steps=100)),
 }
 
 
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
             run_step(["study", "--data", str(data), "--out", str(out / "study"), "--preset", st["preset"],
                       "--methods", "byol", "--encoder", f"byol={encoder}", "--modes", "full",
                       "--labels", st["labels"], "--seeds", st["seeds"], "--structures", st["structures"],
-                      "--steps", str(m["finetune_steps"]), "--patch-size", patch, "--batch-size", str(m["batch"]),
+                      "--steps", str(st["steps"]), "--patch-size", patch, "--batch-size", str(m["batch"]),
                       "--model-option", f"features={m['features']}"], log)
             run_step(["report", str(metrics), "--out", str(out / "report"), "--pred", str(pred),
                       "--gt", str(test_dir), "--study", str(out / "study"),

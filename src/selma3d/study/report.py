@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.metrics import HIGHER_IS_BETTER, METRICS_BY_TYPE
+from ..evaluation.metrics import METRICS_BY_TYPE
 from ..report.html import METRIC_LABELS, _fmt
 from . import stats
 from .plan import SCRATCH
@@ -175,7 +175,9 @@ def html_section(analysis: dict, image_dir: str = "") -> str:
     """The study as an HTML fragment: headlines, tables, comparisons, curves (``image_dir``/PNG)."""
     parts = ["<h2>Does self-supervised pretraining pay? (selma3d study)</h2>",
              f"<p>Intervals: {html.escape(analysis['interval'])}. Verdicts on Dice; the other metrics are in "
-             "the difference tables.</p>"]
+             "the difference tables. Every arm has the same steps, batch, crops, seeds and training patches; "
+             "each uses the finetuning library's default schedule for its initialization (recorded per arm "
+             "in arms/&lt;arm&gt;.json).</p>"]
     for section in analysis["sections"]:
         budgets = section["budgets"]
         parts.append(f"<h3>{html.escape(section['type'])}-like: trained on {html.escape(section['structure'])}, "

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from .plan import SCRATCH, Arm, StudyPlan, load_plan
+from .plan import Arm, StudyPlan, load_plan
 
 ARMS_DIR, RUNS_DIR, PRETRAIN_DIR = "arms", "runs", "pretrain"
 OTSU = "otsu"
