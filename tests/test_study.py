@@ -134,6 +134,8 @@ def test_report_says_plainly_when_ssl_does_not_help(tmp_path):
     # and says so when it does: byol clearly better on every seed
     better = [dict(r, dice=r["dice"] + 0.3) if r["method"] == "byol" else r for r in rows]
     assert "helped" in analyze(better)["sections"][0]["headline"][0]
+    one_seed = [r for r in rows if r["seed"] in (0, None)]
+    assert analyze(one_seed)["sections"][0]["headline"][0].startswith("Cannot tell")
 
 
 # --------------------------------------------------------------------------- label budgets

@@ -103,6 +103,9 @@ def headline(structure: str, kind: str, versus_scratch: list[dict], versus_otsu:
     lines = []
     if not primary:
         lines.append("No pretrained arm in this study: nothing to compare with scratch.")
+    elif counts[stats.TOO_FEW] == len(primary):
+        lines.append(f"Cannot tell whether self-supervised pretraining helped on {kind}-like structures: "
+                     "one seed gives no interval; run two or more (e.g. --seeds 0,1,2).")
     elif counts[stats.BETTER] == 0:
         lines.append(f"Self-supervised pretraining did NOT help on {kind}-like structures (trained on "
                      f"{structure}): in none of {len(primary)} comparisons was Dice detectably better "
