@@ -34,6 +34,10 @@ OTSU = "otsu"
 PRIMARY = "dice"
 
 
+def _labels(value) -> str:
+    return "1 label" if str(value) == "1" else f"{value} labels"
+
+
 def _budget_order(value) -> tuple:
     return (1, 0) if str(value) == "all" else (0, int(value))
 
@@ -90,7 +94,7 @@ def verdict_line(comparison: dict) -> str:
     value = comparison.get("text", "n/a")
     verdict = comparison["verdict"]
     what = f"{verdict} than scratch" if verdict in (stats.BETTER, stats.WORSE) else verdict
-    return (f"{comparison['method']} · {comparison['mode']} · {comparison['labels']} labels: "
+    return (f"{comparison['method']} · {comparison['mode']} · {_labels(comparison['labels'])}: "
             f"{what} ({label} {value})")
 
 
@@ -112,7 +116,7 @@ def headline(structure: str, kind: str, versus_scratch: list[dict], versus_otsu:
                      f"than from scratch (worse in {counts[stats.WORSE]}, no detectable difference in "
                      f"{counts[stats.NO_DIFFERENCE]}, too few seeds in {counts[stats.TOO_FEW]}).")
     else:
-        helped = [f"{c['method']} · {c['mode']} · {c['labels']} labels" for c in primary
+        helped = [f"{c['method']} · {c['mode']} · {_labels(c['labels'])}" for c in primary
                   if c["verdict"] == stats.BETTER]
         lines.append(f"Self-supervised pretraining helped on {kind}-like structures (trained on {structure}) "
                      f"in {counts[stats.BETTER]} of {len(primary)} comparisons (Dice): {', '.join(helped)}; "
@@ -120,15 +124,15 @@ def headline(structure: str, kind: str, versus_scratch: list[dict], versus_otsu:
     otsu_dice = otsu_cells.get(PRIMARY, {}).get("mean")
     best = max(((cell[PRIMARY]["mean"], entry["name"], budget) for entry in table
                 for budget, cell in entry["cells"].items() if cell[PRIMARY]["mean"] is not None), default=None)
-    beating = [f"{c['method']} · {c['mode']} · {c['labels']} labels" for c in versus_otsu
+    beating = [f"{c['method']} · {c['mode']} · {_labels(c['labels'])}" for c in versus_otsu
                if c["metric"] == PRIMARY and c["verdict"] == stats.BETTER]
     if otsu_dice is not None and best is not None:
         if beating:
             lines.append(f"{len(beating)} arm(s) detectably beat an Otsu threshold (Dice {otsu_dice:.3f}); "
-                         f"best: {best[1]} with {best[2]} labels, Dice {best[0]:.3f}.")
+                         f"best: {best[1]} with {_labels(best[2])}, Dice {best[0]:.3f}.")
         else:
             lines.append(f"No arm detectably beats an Otsu threshold of the raw image (Dice {otsu_dice:.3f}); "
-                         f"best: {best[1]} with {best[2]} labels, Dice {best[0]:.3f}.")
+                         f"best: {best[1]} with {_labels(best[2])}, Dice {best[0]:.3f}.")
     return lines
 
 
@@ -192,7 +196,7 @@ def html_section(analysis: dict, image_dir: str = "") -> str:
         parts.append(f"<img src='{image_dir}curves_{html.escape(section['structure'])}.png'>")
         for metric in section["metrics"]:
             parts.append(f"<h4>{METRIC_LABELS.get(metric, metric)}: mean ± std over seeds</h4><table><tr>"
-                         "<th>arm</th>" + "".join(f"<th>{b} labels</th>" for b in budgets) + "</tr>")
+                         "<th>arm</th>" + "".join(f"<th>{_labels(b)}</th>" for b in budgets) + "</tr>")
             parts.append("<tr><td>Otsu threshold (no training)</td>"
                          + "".join(f"<td>{_cell(section['otsu'][metric])}</td>" for _ in budgets) + "</tr>")
             for entry in section["table"]:
