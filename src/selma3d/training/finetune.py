@@ -481,7 +481,6 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
                               num_workers=config.num_workers, samples_per_epoch=config.samples_per_epoch,
                               augment_options={"strength": config.augment})
     data.setup("fit")
-    data.keep_labels(config.labels)
     module = SegmentationModule(model, loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
                                 warmup_steps=config.warmup, max_steps=config.max_steps,
                                 freeze_encoder=config.freeze_encoder, patch_size=config.patch_size,
@@ -498,6 +497,7 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
                                save_top_k=1, monitor=None, enable_version_counter=False,
                                save_on_train_epoch_end=False)
     has_val = bool(data.val_cases)
+    data.keep_labels(config.labels)  # the label budget, before fit builds the loaders (run.json lists it at the end)
     with _quiet_lightning(config.progress):
         trainer = pl.Trainer(
             max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
