@@ -19,4 +19,8 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert set(metrics["summary"]) == {"spot", "tree"}
     assert (out / "pretrain" / "encoder.pt").is_file()
     assert (out / "vessel_volume.zarr" / "zarr.json").is_file()
-    assert "microglia" in (out / "report" / "index.html").read_text()
+    page = (out / "report" / "index.html").read_text()
+    assert "microglia" in page
+    # the demo answers "did SSL help here?": its study's verdicts are in the report
+    assert (out / "study" / "summary.json").is_file() and "Does self-supervised pretraining pay" in page
+    assert (out / "report" / "figures" / "curves_cfos.png").is_file()

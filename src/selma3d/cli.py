@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "convert",
     "report",
     "demo",
+    "study",
 )
 
 for _name in COMMAND_MODULES:

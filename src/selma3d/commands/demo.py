@@ -4,7 +4,8 @@ It runs the same ``selma3d`` sub-commands a user would type (printed before each
 the demo doubles as a tutorial: synthesize → convert → pretrain (BYOL) → finetune a spot-like
 model (c-Fos) and a tree-like model (vessels) from the pretrained encoder → predict the test
 splits, including microglia, a structure never annotated for training → evaluate exactly as
-the challenge scores → HTML report.
+the challenge scores → a small `selma3d study` (the same encoder against from-scratch training,
+over label budgets and seeds: did SSL help here?) → HTML report with both.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from ..errors import Selma3dError
 #: Step sizes per mode: "quick" exercises every stage in about a minute (used by the tests);
 #: "standard" trains long enough on the `small` preset for meaningful segmentations.
 MODES = {
-    "quick": dict(preset="tiny", pretrain_steps=4, finetune_steps=6, patch=16, batch=2, features="[4,8,16]"),
-    "standard": dict(preset="small", pretrain_steps=60, finetune_steps=150, patch=32, batch=2, features="[8,16,32]"),
+    "quick": dict(preset="tiny", pretrain_steps=4, finetune_steps=6, patch=16, batch=2, features="[4,8,16]",
+                  study=dict(preset="tiny", labels="1,all", seeds="0,1", structures="cfos", steps=6)),
+    "standard": dict(preset="small", pretrain_steps=60, finetune_steps=150, patch=32, batch=2, features="[8,16,32]",
+                     study=dict(preset="cpu", labels="1,all", seeds="0,1", structures="cfos,vessel", steps=100)),
 }
 
 
@@ -85,7 +88,15 @@ def register(app: typer.Typer) -> None:
             metrics = out / "metrics.json"
             run_step(["evaluate", str(pred), str(test_dir), "--out", str(metrics),
                       "--csv", str(out / "metrics.csv")], log)
+            # Did SSL help here? The same BYOL encoder against scratch, paired by seed and test case.
+            st = m["study"]
+            run_step(["study", "--data", str(data), "--out", str(out / "study"), "--preset", st["preset"],
+                      "--methods", "byol", "--encoder", f"byol={encoder}", "--modes", "full",
+                      "--labels", st["labels"], "--seeds", st["seeds"], "--structures", st["structures"],
+                      "--steps", str(st["steps"]), "--patch-size", patch, "--batch-size", str(m["batch"]),
+                      "--model-option", f"features={m['features']}"], log)
             run_step(["report", str(metrics), "--out", str(out / "report"), "--pred", str(pred),
-                      "--gt", str(test_dir), "--title", "selma3d demo: synthetic SELMA3D final test"], log)
+                      "--gt", str(test_dir), "--study", str(out / "study"),
+                      "--title", "selma3d demo: synthetic SELMA3D final test"], log)
         typer.secho(f"demo finished in {time.perf_counter() - start:.0f} s; open {out / 'report' / 'index.html'}",
                     fg=typer.colors.GREEN)

@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
                                               help="Image folder (<case>_img.nii.gz); default: --gt."),
         title: str = typer.Option("selma3d report", "--title"),
         max_figures: int = typer.Option(24, "--max-figures", help="Overlay figures for the first N cases."),
+        study: Optional[Path] = typer.Option(None, "--study", help="A finished `selma3d study` folder: adds "
+                                             "its pretrained-vs-scratch tables, verdicts and curves."),
     ) -> None:
         """Write OUT/index.html: mean ± std per structure type, per-case metrics, overlays."""
         from ..errors import InputError
@@ -35,5 +37,5 @@ def register(app: typer.Typer) -> None:
         from ..report.html import build_report
 
         index = build_report(metrics, out, pred=pred, gt=gt, images=images, title=title,
-                             max_figures=max_figures)
+                             max_figures=max_figures, study=study)
         typer.echo(f"report written to {index}")

@@ -15,6 +15,7 @@ from torch import nn
 
 from selma3d.errors import Selma3dError
 from selma3d.models.attunet2d import AttentionUNet2D
+from selma3d.models.probe import LinearProbe
 from selma3d.models.swinunetr import SwinUNETRModel
 from selma3d.models.unet3d import UNet3D
 from selma3d.models.vit3d import ViT3D
@@ -26,6 +27,9 @@ MODELS: dict[str, type[nn.Module]] = {
     "attunet2d": AttentionUNet2D,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+#: A wrapper rather than an architecture (not in MODEL_NAMES): a linear read-out of another
+#: model's frozen encoder, registered so that saved probe runs rebuild with build_model.
+MODELS["probe"] = LinearProbe
 
 
 def model_options(name: str) -> dict[str, object]:

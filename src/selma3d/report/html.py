@@ -51,8 +51,9 @@ def _fmt(stat: dict | None) -> str:
 def build_report(metrics_json: str | os.PathLike, out_dir: str | os.PathLike,
                  pred: str | os.PathLike | None = None, gt: str | os.PathLike | None = None,
                  images: str | os.PathLike | None = None, title: str = "selma3d report",
-                 max_figures: int = 24) -> Path:
-    """Write ``out_dir/index.html`` (+ PNG figures) from an ``evaluate`` metrics JSON."""
+                 max_figures: int = 24, study: str | os.PathLike | None = None) -> Path:
+    """Write ``out_dir/index.html`` (+ PNG figures) from an ``evaluate`` metrics JSON; ``study``
+    (a finished ``selma3d study`` folder) adds its SSL-vs-scratch section."""
     metrics_json = Path(metrics_json)
     try:
         metrics = json.loads(metrics_json.read_text())
@@ -79,6 +80,10 @@ def build_report(metrics_json: str | os.PathLike, out_dir: str | os.PathLike,
         parts.append(f"<h2>{kind}-like structures (n = {n})</h2><table><tr>"
                      + "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in cols) + "</tr><tr>"
                      + "".join(f"<td>{_fmt(summary[kind][m])}</td>" for m in cols) + "</tr></table>")
+    if study is not None:
+        from ..study.report import embed_study
+
+        parts.append(embed_study(study, fig_dir))
     failures = metrics.get("failures", [])
     if failures:
         parts.append("<h2>Cases that could not be scored</h2><ul>" + "".join(

@@ -64,6 +64,8 @@ class FinetuneConfig:
     patch_size: tuple[int, int, int] = (64, 64, 64)
     seed: int = 0
     structures: list[str] | None = None
+    labels: int | None = None  # training patches per structure (the first k of a seeded permutation); None: all
+    linear_probe: bool = False  # train only one 1x1x1 conv on the frozen encoder's features (models/probe.py)
     val_fraction: float = 0.2
     folds: int | None = None
     fold: int | None = None
@@ -80,6 +82,9 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self):
+        if self.labels is not None and int(self.labels) < 1:
+            raise InputError(f"--labels must be >= 1 training patches per structure, got {self.labels}")
+        self.freeze_encoder = self.freeze_encoder or self.linear_probe  # a probe's encoder never trains
         self.patch_size = parse_patch_size(self.patch_size)
         if self.max_steps < 1:
             raise InputError(f"--max-steps must be >= 1, got {self.max_steps}")
@@ -540,6 +545,10 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     model = build_network(config)
+    if config.linear_probe:
+        from ..models.probe import LinearProbe
+
+        model = LinearProbe.around(model)
     check_patch_size(model, config.patch_size)
     data = FinetuneDataModule(config.data, config.patch_size, structures=config.structures,
                               batch_size=config.batch_size, val_fraction=config.val_fraction,
@@ -569,6 +578,7 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
                                save_top_k=1, monitor=None, enable_version_counter=False,
                                save_on_train_epoch_end=False)
     has_val = bool(data.val_cases)
+    data.keep_labels(config.labels)  # the label budget, before fit builds the loaders (run.json lists it at the end)
     with _quiet_lightning(config.progress):
         trainer = pl.Trainer(
             max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,

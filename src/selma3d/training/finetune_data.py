@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
@@ -99,6 +100,24 @@ def split_cases(cases: Sequence, val_fraction: float = 0.2, seed: int = 0, folds
         val.extend(c for i, c in enumerate(shuffled) if i in held)
         train.extend(c for i, c in enumerate(shuffled) if i not in held)
     return train, val
+
+
+def select_labels(cases: Sequence, labels: int | None, seed: int = 0) -> list:
+    """The first ``labels`` cases of a seeded permutation of each structure's cases (all if None).
+
+    Deterministic for a seed and nested across budgets (the 1-patch set is inside the 4-patch
+    set), so every arm of a label-efficiency study trains on the same patches.
+    """
+    if labels is None:
+        return list(cases)
+    by_structure: dict[str, list] = defaultdict(list)
+    for case in sorted(cases, key=lambda c: (c.structure, c.name if hasattr(c, "name") else c.case)):
+        by_structure[case.structure].append(case)
+    chosen = []
+    for structure, group in sorted(by_structure.items()):
+        rng = np.random.default_rng([int(seed), zlib.crc32(structure.encode())])
+        chosen.extend(group[i] for i in sorted(rng.permutation(len(group))[: int(labels)]))
+    return chosen
 
 
 def _as_sample(case: PatchCase) -> dict:
@@ -206,6 +225,12 @@ class FinetuneDataModule(pl.LightningDataModule):
             s["image"] = torch.from_numpy(s["image"])
             s["label"] = torch.from_numpy(s["label"])
         return DataLoader(samples, batch_size=1, shuffle=False, num_workers=0, collate_fn=_collate_whole)
+
+    def keep_labels(self, labels: int | None) -> None:
+        """After :meth:`setup`: train on only ``labels`` patches per structure (:func:`select_labels`
+        with this module's seed; the held-out patches are untouched). None keeps them all."""
+        self.train_cases = select_labels(self.train_cases, labels, self.seed)
+        self._train_samples = None
 
 
 def _collate_whole(batch: list[dict]) -> dict:
