@@ -255,11 +255,12 @@ def _strategy(config: PretrainConfig):
 
 
 def run_pretraining(config: PretrainConfig, resume: bool = False,
-                    given: set[str] | None = None) -> Path:
+                    given: set[str] | None = None, callbacks: list | None = None) -> Path:
     """Train (or continue training) and return the path of ``encoder.pt``.
 
     ``given`` names the options the user set explicitly; on resume only those among
-    :data:`RUNTIME_OPTIONS` override the saved configuration.
+    :data:`RUNTIME_OPTIONS` override the saved configuration. ``callbacks`` are extra Lightning
+    callbacks (run after the built-in ones; e.g. a step timer in ``benchmarks/pretrain_bench.py``).
     """
     from ..data.sampling import PatchDataset, volumes_from_dataset
     from ..ssl import build_method
@@ -312,7 +313,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     trainer = pl.Trainer(
         max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
         num_nodes=config.num_nodes, strategy=_strategy(config), precision=config.precision,
-        callbacks=[AtomicCheckpoint(run_dir, config.checkpoint_every)], logger=False,
+        callbacks=[AtomicCheckpoint(run_dir, config.checkpoint_every), *(callbacks or [])], logger=False,
         enable_checkpointing=False, enable_progress_bar=config.progress,
         enable_model_summary=False, log_every_n_steps=1, use_distributed_sampler=False,
         default_root_dir=str(run_dir))
