@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         strategy: Optional[str] = typer.Option(None, help="auto | ddp | ddp_spawn [auto]"),
         precision: Optional[str] = typer.Option(None, help="32-true | 16-mixed | bf16-mixed [32-true]"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
-        health_every: Optional[int] = typer.Option(None, help="SSL health (spread, rank, probe) every N steps; 0: off [100]"),
+        health_every: Optional[int] = typer.Option(None, help="SSL health (spread, rank, probe) every N steps; 0: off [250]"),
     ) -> None:
         """Self-supervised pretraining; writes RUN/encoder.pt for `selma3d finetune --pretrained`."""
         from ..ssl.base import method_class

@@ -73,7 +73,7 @@ class PretrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     progress: bool = True
-    health_every: int = 100  # SSL health every N steps (0: off)
+    health_every: int = 250  # SSL health every N steps (0: off); see training/ssl_health.py
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "checkpoint_every"):

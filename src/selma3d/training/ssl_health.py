@@ -13,8 +13,10 @@ and, when the dataset has annotated train patches, a cheap **linear probe**: a 1
 the frozen encoder's features (``backbone.encode``) upsampled to full resolution, trained for a
 few dozen steps on some annotated patches and scored by Dice on held-back ones.
 
-Rows go to ``health.csv`` in the run folder and ``health.png`` (loss, spread, rank, probe
-Dice against the step). A collapsed run prints one ``warning:`` line on stdout and is flagged
+Rows go to ``health.csv`` in the run folder (at once) and ``health.png`` (loss, spread, rank,
+probe Dice against the step; redrawn with each checkpoint and at the end). One check costs
+about as much as 5–10 training steps of the same batch size (mostly the forward pass of the 32
+held patches and the probe's features), hence the default of every 250 steps. A collapsed run prints one ``warning:`` line on stdout and is flagged
 in ``summary.json`` (``"collapsed": true`` and the first step it was seen).
 
 Collapse thresholds (:func:`is_collapsed`), measured on this project's encoders:
@@ -257,9 +259,10 @@ def measure(method: torch.nn.Module, held: torch.Tensor, probe: ProbeSet | None 
     return row
 
 
-def write_health(rows: list[dict], run_dir: Path, history: list[dict] | None = None) -> None:
-    """``health.csv`` (COLUMNS) and ``health.png`` (loss next to spread, rank and probe Dice),
-    both written atomically."""
+def write_health(rows: list[dict], run_dir: Path, history: list[dict] | None = None,
+                 figure: bool = True) -> None:
+    """``health.csv`` (COLUMNS) and, with ``figure``, ``health.png`` (loss next to spread, rank
+    and probe Dice), both written atomically."""
     run_dir = Path(run_dir)
     tmp = run_dir / (HEALTH_NAME + ".tmp")
     with open(tmp, "w", newline="") as handle:
@@ -267,7 +270,7 @@ def write_health(rows: list[dict], run_dir: Path, history: list[dict] | None = N
         writer.writeheader()
         writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in rows)
     os.replace(tmp, run_dir / HEALTH_NAME)
-    if not rows:
+    if not rows or not figure:
         return
 
     import matplotlib
@@ -339,7 +342,12 @@ class SSLHealth(pl.Callback):
             print(f"warning: SSL collapse at step {step}: effective rank {row['effective_rank']:.4f} "
                   f"(collapsed below {COLLAPSE_RANK}), embedding spread {row['spread']:.3g}; "
                   "the encoder maps different patches to the same representation", flush=True)
-        write_health(self.rows, self.run_dir, getattr(module, "history", None))
+        # the figure is redrawn with each checkpoint and at the end (matplotlib costs ~0.5 s)
+        write_health(self.rows, self.run_dir, figure=False)
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        if trainer.is_global_zero and self.rows:
+            write_health(self.rows, self.run_dir, getattr(module, "history", None))
 
     def on_train_start(self, trainer, module):
         if trainer.global_step == 0:
@@ -351,6 +359,8 @@ class SSLHealth(pl.Callback):
 
     def on_train_end(self, trainer, module):
         self.check(trainer, module)
+        if trainer.is_global_zero:
+            write_health(self.rows, self.run_dir, getattr(module, "history", None))
         module.health_summary = self.summary
 
     def state_dict(self) -> dict:
