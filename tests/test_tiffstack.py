@@ -162,3 +162,29 @@ def test_index_errors(stack_folder):
         stack[0, 0, 0, 0]
     with pytest.raises(IndexError):
         stack[[1, 2]]
+
+
+def test_known_uncompressed_slices_are_read_without_parsing_headers_again(tmp_path, volume, monkeypatch):
+    """The second read of a slice skips tifffile's header parsing; a slice rewritten on disk
+    (new time stamp) is parsed afresh, so it is never read at a stale offset."""
+    write_slices(tmp_path, volume[:6])
+    stack = TiffStack(tmp_path)
+    assert np.array_equal(stack[:, 3:9, 5:20], volume[:6, 3:9, 5:20])
+    parsed = []
+    real = tifffile.TiffFile
+
+    def counting(*args, **kwargs):
+        parsed.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tifffile, "TiffFile", counting)
+    assert np.array_equal(stack[:, 10:30, 0:7], volume[:6, 10:30, 0:7])
+    assert parsed == []
+    replaced = volume[2][::-1].copy()
+    path = tmp_path / "slice_00002.tif"
+    tifffile.imwrite(path, replaced, compression="zlib", tile=(16, 16))  # other layout, same shape
+    os.utime(path, ns=(1, 1))
+    assert np.array_equal(stack[2], replaced)
+    assert parsed == [path]
+    assert np.array_equal(stack[2, 4:8], replaced[4:8])  # compressed: parsed on every read
+    assert len(parsed) == 2

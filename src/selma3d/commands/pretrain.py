@@ -67,6 +67,7 @@ def register(app: typer.Typer) -> None:
         strategy: Optional[str] = typer.Option(None, help="auto | ddp | ddp_spawn [auto]"),
         precision: Optional[str] = typer.Option(None, help="32-true | 16-mixed | bf16-mixed [32-true]"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
+        health_every: Optional[int] = typer.Option(None, help="SSL health (spread, rank, probe) every N steps; 0: off [250]"),
     ) -> None:
         """Self-supervised pretraining; writes RUN/encoder.pt for `selma3d finetune --pretrained`."""
         from ..ssl.base import method_class
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
         check_device(accelerator, "--accelerator")
         runtime = {"max_steps": max_steps, "num_workers": num_workers, "checkpoint_every": checkpoint_every,
                    "num_nodes": num_nodes, "accelerator": accelerator, "strategy": strategy,
-                   "precision": precision}
+                   "precision": precision, "health_every": health_every}
         if devices is not None:
             runtime["devices"] = int(devices) if devices.isdigit() else devices
         given = {k for k, v in runtime.items() if v is not None} | {"progress"}

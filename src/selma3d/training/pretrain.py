@@ -9,7 +9,10 @@ AdamW and a linear-warmup + cosine learning-rate schedule, and writes into the r
   history), written atomically every ``checkpoint_every`` steps and at the end,
 - ``loss.csv`` / ``loss.png``: the loss curve (every logged term),
 - ``encoder.pt``: the encoder checkpoint (:func:`selma3d.models.save_encoder`) naming the model,
-  its options, the method and the normalization, so finetuning needs no further flags.
+  its options, the method and the normalization, so finetuning needs no further flags,
+- ``health.csv`` / ``health.png``: SSL health every ``health_every`` steps (embedding spread,
+  effective rank, linear-probe Dice; :mod:`selma3d.training.ssl_health`),
+- ``summary.json``: steps, final loss and the health verdict (``"collapsed"`` and its step).
 
 Multi-GPU and multi-node training go through Lightning DDP (``devices``, ``num_nodes``,
 ``strategy="ddp"``; on CPU the gloo backend).
@@ -37,7 +40,10 @@ ENCODER_NAME = "encoder.pt"
 
 #: options a resumed run may change; everything else comes from the saved config.json
 RUNTIME_OPTIONS = ("max_steps", "num_workers", "devices", "num_nodes", "accelerator", "strategy",
-                   "checkpoint_every", "progress", "precision")
+                   "checkpoint_every", "progress", "precision", "health_every")
+SUMMARY_NAME = "summary.json"
+#: unannotated patches in the fixed batch the health check embeds
+HEALTH_PATCHES = 32
 
 
 @dataclass
@@ -67,6 +73,7 @@ class PretrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     progress: bool = True
+    health_every: int = 250  # SSL health every N steps (0: off); see training/ssl_health.py
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "checkpoint_every"):
@@ -74,6 +81,8 @@ class PretrainConfig:
                 raise Selma3dError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise Selma3dError(f"--lr must be > 0, got {self.lr}")
+        if int(self.health_every) < 0:
+            raise Selma3dError(f"--health-every must be >= 0 (0: off), got {self.health_every}")
         if self.num_workers < 0:
             raise Selma3dError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.downsample_xy < 1:
@@ -217,6 +226,19 @@ class AtomicCheckpoint(pl.Callback):
         self.save(trainer, module)
         if trainer.is_global_zero:
             module.save_encoder()
+            write_summary(module, self.run_dir)
+
+
+def write_summary(module: PretrainModule, run_dir: Path) -> None:
+    """``summary.json``: steps done, last logged loss, and the SSL health verdict (if measured)."""
+    last = module.history[-1] if module.history else {}
+    summary = {"method": module.config.method, "steps": int(module.global_step),
+               "final_loss": last.get("loss"), "encoder": ENCODER_NAME}
+    health = getattr(module, "health_summary", None)
+    if health is not None:
+        summary.update(collapsed=health["collapsed"], collapsed_step=health["collapsed_step"],
+                       health=health)
+    _atomic_write_text(Path(run_dir) / SUMMARY_NAME, json.dumps(summary, indent=2, default=str))
 
 
 def checkpoint_step(path: Path) -> int:
@@ -270,11 +292,12 @@ def _strategy(config: PretrainConfig):
 
 
 def run_pretraining(config: PretrainConfig, resume: bool = False,
-                    given: set[str] | None = None) -> Path:
+                    given: set[str] | None = None, callbacks: list | None = None) -> Path:
     """Train (or continue training) and return the path of ``encoder.pt``.
 
     ``given`` names the options the user set explicitly; on resume only those among
-    :data:`RUNTIME_OPTIONS` override the saved configuration.
+    :data:`RUNTIME_OPTIONS` override the saved configuration. ``callbacks`` are extra Lightning
+    callbacks (run after the built-in ones; e.g. a step timer in ``benchmarks/pretrain_bench.py``).
     """
     from ..data.sampling import PatchDataset, volumes_from_dataset
     from ..ssl import build_method
@@ -319,6 +342,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
         "method_options": config.method_options,
     }
     module = PretrainModule(method, config, encoder_extra, dataset)
+    health = _health_callback(config, dataset, run_dir) if config.health_every > 0 else None
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0, pin_memory=torch.cuda.is_available(),
@@ -326,12 +350,37 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     trainer = pl.Trainer(
         max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
         num_nodes=config.num_nodes, strategy=_strategy(config), precision=config.precision,
-        callbacks=[AtomicCheckpoint(run_dir, config.checkpoint_every)], logger=False,
+        # health first: its rows of a step are then in that step's checkpoint
+        callbacks=[*([health] if health else []), AtomicCheckpoint(run_dir, config.checkpoint_every),
+                   *(callbacks or [])], logger=False,
         enable_checkpointing=False, enable_progress_bar=config.progress,
         enable_model_summary=False, log_every_n_steps=1, use_distributed_sampler=False,
         default_root_dir=str(run_dir))
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt) if resume else None)
     return run_dir / ENCODER_NAME
+
+
+def _health_callback(config: PretrainConfig, dataset, run_dir: Path):
+    """The :class:`~selma3d.training.ssl_health.SSLHealth` callback: a fixed batch of
+    ``HEALTH_PATCHES`` patches drawn like the training ones (same volumes, filter and
+    normalization) from a generator of its own, plus the annotated probe set when there is one."""
+    import warnings
+
+    import numpy as np
+
+    from .ssl_health import HELD_SEED, SSLHealth, load_probe_set
+
+    sampler = dataset.make_sampler()
+    rng = np.random.default_rng([config.seed, HELD_SEED])
+    with warnings.catch_warnings():  # the loader warns about dim volumes itself
+        warnings.simplefilter("ignore")
+        held = torch.stack([torch.from_numpy(sampler.sample(rng)["image"]) for _ in range(HEALTH_PATCHES)])
+    try:
+        probe = load_probe_set(config.data, config.patch_size, config.structures)
+    except Selma3dError as exc:
+        print(f"warning: SSL health runs without the linear probe: {exc}", flush=True)
+        probe = None
+    return SSLHealth(run_dir, config.health_every, held, probe)
 
 
 def trainer_is_main() -> bool:

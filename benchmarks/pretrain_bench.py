@@ -1,0 +1,217 @@
+"""Pipeline overhead of self-supervised pretraining, per method, as a ratio against the bare step.
+
+Pipeline: ``run_pretraining`` exactly as ``selma3d pretrain`` runs it (the endless
+PatchDataset reading TIFF slice folders through its DataLoader workers, the Lightning loop,
+the SSL method, logging, the loss history, the progress bar, atomic checkpoints), timed by a
+callback from the start of step ``--warmup`` + 1 to the end of the last step.
+
+Bare step: the same method (same backbone, same options, same seed) on one batch the pipeline's
+own PatchDataset produced, already in memory: ``training_loss`` (which makes the views), backward,
+AdamW step, ``on_after_step`` (EMA) — nothing else.
+
+    .venv/bin/python benchmarks/pretrain_bench.py [--methods byol,simclr,inpainting,dino,multitask]
+        [--steps 50] [--warmup 5] [--num-workers N] [--threads N] [--data DIR]
+
+Overhead = pipeline s/step / bare s/step - 1 (goal: <= 15 %). Both are measured in this process,
+bare first, then the pipeline, per method. Wall time is what the user waits for; CPU time (this
+process plus its DataLoader workers, read from /proc on Linux) is what competes for the cores,
+and it is much less disturbed than wall time when other jobs share the machine. The timed window includes one checkpoint (at step
+``--checkpoint-every``, 50 by default: twice as often as the command's default of 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+#: small backbones and heads that run in seconds per step on a CPU
+SMALL = {
+    "byol": dict(model_options={"features": [8, 16, 32]}),
+    "simclr": dict(model_options={"features": [8, 16, 32]}),
+    "inpainting": dict(model_options={"features": [8, 16, 32]}),
+    "dino": dict(model_options={"patch_size": 8, "hidden_size": 48, "num_layers": 2, "num_heads": 2,
+                                "mlp_dim": 96, "decoder_channels": 8},
+                 method_options={"out_dim": 1024, "hidden_dim": 256, "bottleneck_dim": 64,
+                                 "local_crops": 2}),
+    "multitask": dict(model_options={"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
+                                     "window_size": 4, "norm": "group"},
+                      method_options={"contrast_dim": 64}),
+}
+
+
+def _parse():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="dataset folder (default: a fresh `small` synthetic set)")
+    parser.add_argument("--methods", default="byol,simclr,inpainting,dino,multitask")
+    parser.add_argument("--patch", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the command's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--health-every", type=int, default=None, help="SSL health every N steps (default: the command's)")
+    return parser.parse_args()
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its live child processes (the DataLoader workers)."""
+    total = time.process_time()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return total
+    me, tick = str(os.getpid()), os.sysconf("SC_CLK_TCK")
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
+def step_timer(warmup: int):
+    import pytorch_lightning as pl
+
+    class StepTimer(pl.Callback):
+        """Wall time from the start of step ``warmup`` + 1 to the end of the last step."""
+
+        def __init__(self):
+            self.start = self.end = None
+            self.steps = 0
+
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == warmup and self.start is None:
+                self.start = (time.perf_counter(), cpu_seconds())
+
+        def on_train_batch_end(self, trainer, *args):
+            if self.start is not None:
+                self.steps += 1
+                self.end = (time.perf_counter(), cpu_seconds())
+
+        @property
+        def seconds_per_step(self) -> tuple[float, float]:
+            """(wall, CPU) seconds per step."""
+            return tuple((e - s) / self.steps for s, e in zip(self.start, self.end))
+
+    return StepTimer()
+
+
+def config_for(method: str, args, data_dir: Path, out: Path):
+    from selma3d.training.pretrain import PretrainConfig
+
+    options = dict(method=method, data=str(data_dir), out=str(out),
+                   model_options=SMALL[method]["model_options"],
+                   method_options=SMALL[method].get("method_options", {}),
+                   max_steps=args.warmup + args.steps, patch_size=(args.patch,) * 3,
+                   batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                   accelerator="cpu", progress=True)
+    if args.num_workers is not None:
+        options["num_workers"] = args.num_workers
+    if args.health_every is not None:
+        options["health_every"] = args.health_every
+    known = set(PretrainConfig.__dataclass_fields__)
+    return PretrainConfig(**{k: v for k, v in options.items() if k in known})
+
+
+def pipeline_step(config, warmup: int) -> float:
+    from selma3d.training.pretrain import run_pretraining
+
+    import inspect
+
+    timer = step_timer(warmup)
+    if "callbacks" in inspect.signature(run_pretraining).parameters:
+        run_pretraining(config, callbacks=[timer])
+    else:  # an older selma3d (for "before" numbers): hand the timer to the Trainer directly
+        import pytorch_lightning as pl
+
+        original = pl.Trainer.__init__
+
+        def with_timer(self, *args, callbacks=None, **kwargs):
+            original(self, *args, callbacks=[*(callbacks or []), timer], **kwargs)
+
+        pl.Trainer.__init__ = with_timer
+        try:
+            run_pretraining(config)
+        finally:
+            pl.Trainer.__init__ = original
+    return timer.seconds_per_step
+
+
+def one_batch(config) -> dict:
+    """A batch of the pipeline's own PatchDataset (read in this process)."""
+    from selma3d.data.sampling import PatchDataset, volumes_from_dataset
+
+    dataset = PatchDataset(volumes_from_dataset(config.data, config.structures), config.patch_size,
+                           seed=config.seed, fg_threshold=config.fg_threshold, fg_fraction=config.fg_fraction)
+    dataset.prepare()
+    stream = iter(dataset)
+    items = [next(stream) for _ in range(config.batch_size)]
+    return {"image": torch.stack([i["image"] for i in items]),
+            "structure": torch.tensor([i["structure"] for i in items])}
+
+
+def bare_step(config, batch: dict, warmup: int, steps: int) -> float:
+    from selma3d.ssl import build_method
+
+    torch.manual_seed(config.seed)
+    method = build_method(config.method, model=config.model, model_options=config.model_options,
+                          patch_size=config.patch_size, num_structures=4, **config.method_options)
+    method.train()
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    start = None
+    for step in range(1, warmup + steps + 1):
+        if step == warmup + 1:
+            start = (time.perf_counter(), time.process_time())
+        loss, _ = method.training_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.on_after_step(step, warmup + steps)
+    return (time.perf_counter() - start[0]) / steps, (time.process_time() - start[1]) / steps
+
+
+def main():
+    args = _parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    from selma3d.data.synthetic import make_dataset
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data or make_dataset(Path(tmp) / "small", preset="small", seed=0)
+        for method in methods:
+            config = config_for(method, args, data_dir, Path(tmp) / f"run_{method}")
+            batch = one_batch(config)
+            bare = bare_step(config, batch, args.warmup, args.steps)
+            pipe = pipeline_step(config, args.warmup)
+            rows.append((method, config, pipe, bare))
+            print(f"{method:11s} wall: pipeline {pipe[0]:6.3f} s/step, bare {bare[0]:6.3f} s/step, overhead "
+                  f"{pipe[0] / bare[0] - 1:+6.1%}   CPU: pipeline {pipe[1]:6.3f}, bare {bare[1]:6.3f}, "
+                  f"overhead {pipe[1] / bare[1] - 1:+6.1%}", flush=True)
+    cfg = rows[0][1]
+    print(f"\ntorch threads {torch.get_num_threads()}, num_workers {cfg.num_workers}, health_every "
+          f"{getattr(cfg, 'health_every', 'n/a')}, patch {args.patch}³, batch {args.batch_size}, "
+          f"{args.steps} timed steps after {args.warmup}, checkpoint every {args.checkpoint_every}")
+    print("| method | wall s/step pipeline / bare | wall overhead | CPU s/step pipeline / bare | CPU overhead |")
+    print("|---|---|---|---|---|")
+    for method, _, pipe, bare in rows:
+        print(f"| {method} | {pipe[0]:.3f} / {bare[0]:.3f} | {pipe[0] / bare[0] - 1:+.1%} | "
+              f"{pipe[1]:.3f} / {bare[1]:.3f} | {pipe[1] / bare[1] - 1:+.1%} |")
+
+
+if __name__ == "__main__":
+    main()
