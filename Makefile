@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]' -c constraints.txt
+	# 2025 edition: Betti-Matching-3D ships inside topolosses, which declares torchvision (unusable here)
+	$(BIN)/pip install --quiet --no-deps topolosses -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +37,7 @@ test-latest:
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet torch==2.13.0
 	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]' torch==2.13.0
+	$(LATEST)/bin/pip install --quiet --upgrade --no-deps topolosses
 	$(LATEST)/bin/pip freeze | grep -viE '^(-e |#|selma3d)' > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q -m drift -p no:cacheprovider
 
