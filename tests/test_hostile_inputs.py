@@ -403,6 +403,16 @@ CASES = [
          ("m.json",)),
     Case("demo-out-is-a-file", lambda w: ["demo", w.file("d"), "--mode", "quick"], ("{tmp}/d", "a file")),
     Case("demo-unknown-mode", lambda w: ["demo", w.tmp / "d", "--mode", "fast"], ("fast",)),
+    Case("study-missing-data", lambda w: ["study", "--data", w.tmp / "nothing", "--out", w.tmp / "s"],
+         ("{tmp}/nothing",)),
+    Case("study-out-is-a-file", lambda w: ["study", "--data", w.data, "--out", w.file("s")], ("{tmp}/s", "a file")),
+    Case("study-out-inside-data", lambda w: ["study", "--data", w.data, "--out", w.data / "study"], ("study",)),
+    Case("study-unknown-preset", lambda w: ["study", "--data", w.data, "--out", w.tmp / "s", "--preset", "huge"],
+         ("huge",)),
+    Case("study-bad-labels", lambda w: ["study", "--data", w.data, "--out", w.tmp / "s", "--labels", "two"],
+         ("--labels",)),
+    Case("study-encoder-missing", lambda w: ["study", "--data", w.data, "--out", w.tmp / "s", "--encoder",
+                                             f"byol={w.tmp / 'none.pt'}"], ("none.pt",)),
 ]
 
 

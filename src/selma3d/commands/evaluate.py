@@ -52,17 +52,17 @@ def register(app: typer.Typer) -> None:
         from ..evaluation.challenge import evaluate as run, format_summary, official_metrics, write_csv, write_json
         from ..paths import check_input, check_output
 
+        if output_format not in ("selma3d", "official"):
+            raise InputError(f"--format {output_format!r}: choose selma3d or official")
+        if output_format == "official" and (strict or threshold is not None):
+            raise InputError("--format official writes the official scores; it cannot be combined with "
+                             "--strict or --threshold")
         check_input(pred, what="prediction")
         check_input(gt, what="ground truth")
         for path, what in ((out, "--out"), (csv, "--csv")):
             if path is not None:
                 check_output(path, "file", inputs=[pred, gt], what=f"{what} file")
 
-        if output_format not in ("selma3d", "official"):
-            raise InputError(f"--format {output_format!r}: choose selma3d or official")
-        if output_format == "official" and (strict or threshold is not None):
-            raise InputError("--format official writes the official scores; it cannot be combined with "
-                             "--strict or --threshold")
         result = run(pred, gt, jobs=jobs or None, progress=not quiet, structure=structure, edition=edition,
                      threshold=threshold, strict=strict)
         write_json(official_metrics(result) if output_format == "official" else result, out)

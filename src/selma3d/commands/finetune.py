@@ -48,9 +48,9 @@ def register(app: typer.Typer) -> None:
                                                "rate relative to --lr."),
         decoder_warmup_fraction: float = typer.Option(0.2, "--decoder-warmup-fraction", help="sawtooth: share "
                                                       "of the steps with the encoder frozen."),
-        loss: str = typer.Option("auto", "--loss", help="auto (dicece+skelrec for tree-like structures, dicece "
-                                 "otherwise) | dice | dicece | dicefocal | dice+boundary | dice+cldice | dice+skelrec | "
-                                 "dicece+skelrec"),
+        loss: str = typer.Option("dicece", "--loss", help="dice | dicece | dicefocal | dice+boundary | dice+cldice | "
+                                 "dice+skelrec | dicece+skelrec (skeleton recall, Kirchhoff et al. 2024; skeletons "
+                                 "computed in the loader)"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default 1000)."),
         batch_size: int = typer.Option(2, "--batch-size"),
         lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warmup then cosine)."),
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Checkpoint (and validate) every N steps."),
         val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps "
                                                 "(default: --checkpoint-every)."),
-        threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold stored for predict."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Probability threshold stored for predict (default: the best on the validation patches, 0.5 without any)."),
         augment: str = typer.Option("default", "--augment", help="Augmentation strength: none | light | default | strong."),
         num_workers: int = typer.Option(1, "--num-workers", help="Data-loading worker processes (0: load in the training process)."),
         accelerator: str = typer.Option("auto", "--accelerator", help="Lightning accelerator: auto | cpu | gpu."),

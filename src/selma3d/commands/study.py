@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="Only the final summary, no per-arm progress lines."),
     ) -> None:
         from ..errors import InputError
+        from ..paths import check_input, check_output
         from ..study.plan import StudyPlan, parse_labels, parse_list, parse_seeds
         from ..study.report import text_summary, write_report
         from ..study.runner import run_study
@@ -72,7 +73,9 @@ def register(app: typer.Typer) -> None:
             method, sep, path = item.partition("=")
             if not sep or not method.strip() or not path.strip():
                 raise InputError(f"--encoder expects METHOD=PATH, got {item!r}")
-            encoders[method.strip()] = str(Path(path.strip()))
+            encoders[method.strip()] = str(check_input(Path(path.strip()), "file", what=f"--encoder {method}"))
+        check_input(data, "dir", what="dataset")
+        check_output(out, "dir", inputs=[data, *encoders.values()], what="study folder")
         overrides = dict(methods=parse_list(methods, "--methods"), modes=parse_list(modes, "--modes"),
                          labels=parse_labels(labels), seeds=parse_seeds(seeds),
                          structures=parse_list(structures, "--structures"), steps=steps,

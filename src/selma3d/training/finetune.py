@@ -40,6 +40,9 @@ CURVES_CSV = "curves.csv"
 CURVES_PNG = "curves.png"
 DEFAULT_MODEL = "unet3d"
 SCHEDULES = ("constant", "sawtooth")
+DEFAULT_THRESHOLD = 0.5
+#: thresholds tried by the calibration on validation patches
+THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
 
 
 @dataclass
@@ -55,7 +58,7 @@ class FinetuneConfig:
     schedule: str | None = None  # constant | sawtooth; default: sawtooth with --pretrained
     encoder_lr_scale: float = 0.1  # sawtooth: encoder learning rate relative to --lr
     decoder_warmup_fraction: float = 0.2  # sawtooth: share of the steps with the encoder frozen
-    loss: str = "auto"  # auto: dicece+skelrec for tree-like structures, dicece otherwise
+    loss: str = "dicece"
     max_steps: int = 1000
     batch_size: int = 2
     lr: float = 1e-3
@@ -71,7 +74,7 @@ class FinetuneConfig:
     fold: int | None = None
     checkpoint_every: int = 100
     val_every: int | None = None  # default: checkpoint_every
-    threshold: float = 0.5
+    threshold: float | None = None  # None: calibrated on the validation patches (0.5 without any)
     overlap: float = 0.5
     augment: str = "default"  # strength: none | light | default | strong
     num_workers: int = 1  # one loader process overlaps augmentation with the step
@@ -92,27 +95,20 @@ class FinetuneConfig:
             raise InputError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.lr <= 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
-        if not 0 < self.threshold < 1:
+        if self.threshold is not None and not 0 < self.threshold < 1:
             raise InputError(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.structures is not None:
             self.structures = [s.strip() for s in self.structures if s.strip()] or None
         from .losses import LOSS_NAMES
 
-        if self.loss != "auto" and self.loss not in LOSS_NAMES:
-            raise InputError(f"--loss must be auto or one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
+        if self.loss not in LOSS_NAMES:
+            raise InputError(f"--loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise InputError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 < self.encoder_lr_scale <= 1:
             raise InputError(f"--encoder-lr-scale must be in (0, 1], got {self.encoder_lr_scale}")
         if not 0 <= self.decoder_warmup_fraction < 1:
             raise InputError(f"--decoder-warmup-fraction must be in [0, 1), got {self.decoder_warmup_fraction}")
-
-    def resolved_loss(self, structure_type: str) -> str:
-        """``auto``: skeleton recall joins Dice+CE for tree-like structures, whose thin branches a
-        volume loss can drop at little cost; spots keep Dice+CE."""
-        if self.loss != "auto":
-            return self.loss
-        return "dicece+skelrec" if structure_type == "tree" else "dicece"
 
     @property
     def resolved_schedule(self) -> str:
@@ -447,6 +443,24 @@ def build_network(config: FinetuneConfig) -> torch.nn.Module:
     return build_model(config.model or DEFAULT_MODEL, in_channels=1, out_channels=1, **config.model_options)
 
 
+def calibrate_threshold(run_dir: Path, cases, grid=THRESHOLD_GRID) -> dict:
+    """The probability threshold with the best mean Dice on held-out patches, for the saved model.
+
+    Foreground-balanced crops (half of them centred on foreground) teach the network a far
+    higher foreground prior than sparse LSM structures have, so its probabilities are too high
+    off the structure: on the shifted synthetic split a vessel model scored Dice 0.61 at 0.5 and
+    0.82 at 0.9 (BENCHMARKS.md, "Transfer"). Ties go to the threshold nearest 0.5.
+    """
+    from ..evaluation.metrics import dice
+    from ..inference.predict import load_run, predict_probabilities
+
+    run = load_run(run_dir)
+    probs = [predict_probabilities(run.model, c.image, run.patch_size, normalize=False) for c in cases]
+    scores = {float(t): float(np.mean([dice(c.label, p > t) for c, p in zip(cases, probs)])) for t in grid}
+    best = max(scores, key=lambda t: (scores[t], -abs(t - DEFAULT_THRESHOLD)))
+    return {"threshold": best, "dice_by_threshold": scores, "cases": sorted(c.name for c in cases)}
+
+
 def normalization_for(config: FinetuneConfig) -> "Normalization":
     """The pretrained encoder's normalization (its adaptation plan), else the default one: an
     encoder only transfers if it sees intensities scaled as in pretraining."""
@@ -474,14 +488,13 @@ def run_info(config: FinetuneConfig, model: torch.nn.Module, data: FinetuneDataM
         "model": dict(model.config),
         "patch_size": list(config.patch_size),
         "normalization": data.normalization.to_dict() | {"per": "patch"},
-        "threshold": config.threshold,
+        "threshold": config.threshold or DEFAULT_THRESHOLD,
         "overlap": config.overlap,
         "structures": data.structure_names,
         "type": data.structure_type,
         "split": {"train": sorted(c.name for c in data.train_cases), "val": sorted(c.name for c in data.val_cases)},
         "training": asdict(config) | {"patch_size": list(config.patch_size),
-                                      "resolved_schedule": config.resolved_schedule,
-                                      "resolved_loss": config.resolved_loss(data.structure_type)},
+                                      "resolved_schedule": config.resolved_schedule},
         "best": best or {},
         "versions": _versions(),
     }
@@ -557,13 +570,12 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
                               augment_options={"strength": config.augment},
                               normalization=normalization_for(config))
     data.setup("fit")
-    loss = config.resolved_loss(data.structure_type)
     # the tubed skeleton of each augmented crop is computed in the loader, not in the step
-    data.augment_options["skeleton"] = loss.endswith("+skelrec")
-    module = SegmentationModule(model, loss=loss, lr=config.lr, weight_decay=config.weight_decay,
+    data.augment_options["skeleton"] = config.loss.endswith("+skelrec")
+    module = SegmentationModule(model, loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
                                 warmup_steps=config.warmup, max_steps=config.max_steps,
                                 freeze_encoder=config.freeze_encoder, patch_size=config.patch_size,
-                                threshold=config.threshold, overlap=config.overlap,
+                                threshold=config.threshold or DEFAULT_THRESHOLD, overlap=config.overlap,
                                 schedule=config.resolved_schedule, encoder_lr_scale=config.encoder_lr_scale,
                                 decoder_warmup_steps=int(config.decoder_warmup_fraction * config.max_steps))
     info = run_info(config, model, data, status="training")
@@ -571,7 +583,7 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    extra = {"patch_size": list(config.patch_size), "threshold": config.threshold}
+    extra = {"patch_size": list(config.patch_size), "threshold": config.threshold or DEFAULT_THRESHOLD}
     keeper = BestModelKeeper(out, extra)
     curves = CurvesWriter(out, log_every=max(1, min(10, config.max_steps // 50 or 1)))
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=config.checkpoint_every,
@@ -605,6 +617,10 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
         keeper.best_step = trainer.global_step
     curves.write()
     best = {"step": keeper.best_step, "val_dice": keeper.best_score}
-    write_json(out / RUN_FILE, run_info(config, model, data, status="finished", best=best)
-               | {"steps_done": int(trainer.global_step)})
+    info = run_info(config, model, data, status="finished", best=best) | {"steps_done": int(trainer.global_step)}
+    write_json(out / RUN_FILE, info)
+    if config.threshold is None and data.val_cases:
+        calibration = calibrate_threshold(out, data.val_cases)
+        write_json(out / RUN_FILE, info | {"threshold": calibration["threshold"],
+                                           "threshold_calibration": calibration})
     return out
