@@ -461,7 +461,7 @@ def calibrate_threshold(run_dir: Path, cases, grid=THRESHOLD_GRID) -> dict:
     return {"threshold": best, "dice_by_threshold": scores, "cases": sorted(c.name for c in cases)}
 
 
-def normalization_for(config: FinetuneConfig) -> "Normalization":
+def normalization_for(config: FinetuneConfig):
     """The pretrained encoder's normalization (its adaptation plan), else the default one: an
     encoder only transfers if it sees intensities scaled as in pretraining."""
     from ..data.normalize import DEFAULT_NORMALIZATION, Normalization

@@ -78,6 +78,15 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def official_output(results: list[dict], groups: dict[str, list[float]]) -> dict:
+    """The organizers' metrics.json: per-case ``results``, ``<group>_mean``/``<group>_std`` aggregates
+    (statistics.mean/stdev semantics via :func:`mean_std`) and the pitfalls of the aggregation."""
+    aggregates = {}
+    for key, values in groups.items():
+        aggregates[f"{key}_mean"], aggregates[f"{key}_std"] = mean_std(values)
+    return {"results": results, "aggregates": aggregates, "notes": aggregation_pitfalls(groups)}
+
+
 def aggregation_pitfalls(groups: dict[str, list[float]]) -> list[str]:
     """Messages for aggregates the official code would not produce or would produce as NaN."""
     notes = []

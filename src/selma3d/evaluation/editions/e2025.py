@@ -24,7 +24,7 @@ from ..betti_matching import betti_matching_errors, load_betti_matching
 from ..metrics import dice, tree_metrics
 from ..panoptic import instance_metrics
 from . import e2024, e2026
-from .base import Edition, Pitfall, aggregation_pitfalls, mean_std
+from .base import Edition, Pitfall, official_output
 
 METRICS = {"isolated": ("dice", "betti_matching_error_0"),
            "contiguous": ("dice", "betti_matching_error_0", "betti_matching_error_1", "cldice", "hd95")}
@@ -76,10 +76,7 @@ def official(cases: list[dict]) -> dict:
     for category, prefix in (("isolated", "iso"), ("contiguous", "con")):
         for metric in METRICS[category]:
             groups[f"{prefix}_{metric}"] = [c[metric] for c in cases if c["type"] == category]
-    aggregates = {}
-    for key, values in groups.items():
-        aggregates[f"{key}_mean"], aggregates[f"{key}_std"] = mean_std(values)
-    return {"results": results, "aggregates": aggregates, "notes": aggregation_pitfalls(groups)}
+    return official_output(results, groups)
 
 
 EDITION = Edition(

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..metrics import dice
 from ..panoptic import instance_scores, panoptica_result, union_crop
-from .base import Edition, Pitfall, aggregation_pitfalls, mean_std, why_degenerate
+from .base import Edition, Pitfall, official_output, why_degenerate
 
 CONTIGUOUS = ("axonalmarker", "blood_vessel", "gutnerve", "lymphatic_vessel", "peripheral_nerve")
 ISOLATED = ("AD_plaques", "cell_nuclei", "cfos_neuron", "microglia", "protein")
@@ -103,10 +103,7 @@ def official(cases: list[dict]) -> dict:
         "con_dice": [c["dice"] for c in cases if c["type"] == "contiguous"],
         "con_cldice": [c["cldice"] for c in cases if c["type"] == "contiguous"],
     }
-    aggregates = {}
-    for key, values in groups.items():
-        aggregates[f"{key}_mean"], aggregates[f"{key}_std"] = mean_std(values)
-    return {"results": results, "aggregates": aggregates, "notes": aggregation_pitfalls(groups)}
+    return official_output(results, groups)
 
 
 EDITION = Edition(
