@@ -135,6 +135,16 @@ def _ft(w, *args, data=None):
             "--num-workers", "0", "--model-option", "features=[4,8,16]", *args]
 
 
+def _label_on_another_grid(w) -> Path:
+    """A dataset copy whose first c-Fos label was written with another spacing than its image."""
+    from selma3d.io.nifti import read_nifti_array, write_nifti
+
+    data = w.dataset_copy()
+    label = sorted((data / "annotated" / "train" / "cfos").glob("*_label.nii.gz"))[0]
+    write_nifti(label, read_nifti_array(label), spacing_zyx=(1.0, 3.0, 3.0))
+    return data
+
+
 def _pt(w, *args, patch="16"):
     return ["pretrain", "--method", "byol", "--model-option", "features=[4,8,16]", "--patch-size", patch,
             "--max-steps", "1", "--num-workers", "0", "--no-progress", *args]
@@ -344,6 +354,9 @@ CASES = [
     Case("finetune-pretrained-not-a-checkpoint", lambda w: _ft(w, "--out", w.tmp / "f", "--pretrained",
                                                                w.file("enc.pt", "garbage")),
          ("enc.pt", "cannot read")),
+    Case("finetune-label-on-another-grid",
+         lambda w: _ft(w, "--out", w.tmp / "r", "--structures", "cfos", data=_label_on_another_grid(w)),
+         ("cfos_000_label.nii.gz", "voxel grid")),
     Case("finetune-out-inside-data", lambda w: _ft(w, "--out", w.tmp / "data" / "run", data=w.dataset_copy()),
          ("{tmp}/data/run", "inside the input")),
     Case("finetune-zero-patch-size", lambda w: _ft(w, "--out", w.tmp / "f") + ["--patch-size", "0"],

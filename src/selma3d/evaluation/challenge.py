@@ -48,8 +48,9 @@ import numpy as np
 
 from ..data.layout import STRUCTURE_TYPES, find_dataset_json, structure_from_name
 from ..errors import InputError, Selma3dError
-from ..io.nifti import case_name, is_nifti, read_nifti_array
+from ..io.nifti import case_name, grid_difference, is_nifti, read_nifti
 from .editions import DEFAULT_EDITION, Edition, get_edition
+from .editions.base import Pitfall
 from .metrics import METRICS_BY_TYPE
 
 GT_SUFFIX = "_label"
@@ -250,8 +251,8 @@ def score_case(job: CaseJob) -> dict:
     if job.problem:
         raise InputError(f"case {job.case}: {job.problem}")
     try:
-        gt = read_nifti_array(job.gt)
-        pred = read_nifti_array(job.pred)
+        gt_file, pred_file = read_nifti(job.gt), read_nifti(job.pred)
+        gt, pred = gt_file.array, pred_file.array
         if gt.shape != pred.shape:
             raise InputError(f"shape mismatch: ground truth {gt.shape} ({job.gt.name}) vs "
                              f"prediction {pred.shape} ({job.pred.name})")
@@ -265,6 +266,10 @@ def score_case(job: CaseJob) -> dict:
             pred = pred > job.threshold
         values, pitfalls = get_edition(job.edition).score(job.type, np.ascontiguousarray(gt > 0),
                                                           np.ascontiguousarray(pred))
+        difference = grid_difference(gt_file, pred_file)
+        if difference:  # scored voxel by voxel as the official code does, but said
+            pitfalls = [*pitfalls, Pitfall("grid_mismatch", f"prediction {job.pred.name} is not on the ground "
+                                           f"truth's voxel grid ({difference}); scored voxel by voxel anyway")]
     except Selma3dError as exc:
         message = str(exc)
         raise InputError(message if message.startswith(f"case {job.case}")

@@ -85,6 +85,21 @@ def read_nifti(path: str | os.PathLike, dtype=None) -> NiftiVolume:
     return NiftiVolume(array=array, affine=np.array(img.affine, dtype=np.float64), header=img.header.copy())
 
 
+def grid_difference(a: "NiftiVolume", b: "NiftiVolume", atol: float = 1e-3) -> str | None:
+    """How two volumes' voxel grids differ (shape or affine beyond ``atol``), or ``None``.
+
+    A label drawn on another grid than its image (resampled, flipped, another origin) still has
+    the right shape often enough to be accepted silently, and then teaches or scores the wrong
+    voxels.
+    """
+    if a.array.shape != b.array.shape:
+        return f"shapes {a.array.shape} vs {b.array.shape}"
+    if not np.allclose(a.affine, b.affine, atol=atol):
+        worst = float(np.abs(a.affine - b.affine).max())
+        return f"affines differ (largest entry difference {worst:.4g})"
+    return None
+
+
 def read_nifti_array(path: str | os.PathLike, dtype=None) -> np.ndarray:
     return read_nifti(path, dtype=dtype).array
 

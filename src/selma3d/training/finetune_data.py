@@ -24,7 +24,7 @@ import torch
 from ..data.layout import AnnotatedCase, load_dataset
 from ..data.normalize import DEFAULT_NORMALIZATION, Normalization
 from ..errors import InputError
-from ..io.nifti import read_nifti
+from ..io.nifti import grid_difference, read_nifti
 
 @dataclass
 class PatchCase:
@@ -54,10 +54,13 @@ def binarize_label(label: np.ndarray, where: str) -> np.ndarray:
 def load_case(case: AnnotatedCase, structure_type: str | None = None,
               normalization: Normalization = DEFAULT_NORMALIZATION) -> PatchCase:
     """Read, check and normalize one annotated case (statistics of the whole patch)."""
-    image = read_nifti(case.image).array
-    label = read_nifti(case.label).array
+    image_file, label_file = read_nifti(case.image), read_nifti(case.label)
+    image, label = image_file.array, label_file.array
     if image.shape != label.shape:
         raise InputError(f"{case.image}: image shape {image.shape} differs from its label's {label.shape}")
+    difference = grid_difference(image_file, label_file)
+    if difference:
+        raise InputError(f"{case.label}: not on its image's voxel grid ({difference})")
     return PatchCase(name=case.case, structure=case.structure, type=structure_type or case.type,
                      image=normalization(image), label=binarize_label(label, str(case.label)))
 
