@@ -15,26 +15,8 @@ Run:
 from __future__ import annotations
 
 import argparse
-import math
 
-import cc3d
 import numpy as np
-from skimage.filters import threshold_otsu
-
-CAMERA_OFFSET = 100.0
-
-
-def measure(image: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    img, lab = image.astype(np.float64), label > 0
-    n = int(cc3d.connected_components(lab, connectivity=26).max())
-    bg, fg = float(np.median(img[~lab])), float(img[lab].mean())
-    diff = np.diff(img, axis=2)[~lab[:, :, 1:] & ~lab[:, :, :-1]]
-    noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2)
-    otsu = img > threshold_otsu(img)
-    return {"otsu_dice": 2 * (otsu & lab).sum() / (otsu.sum() + lab.sum()),
-            "object_volume": lab.sum() / max(n, 1), "fraction": lab.mean(),
-            "fg_bg": (fg - CAMERA_OFFSET) / (bg - CAMERA_OFFSET), "background": bg, "noise": noise,
-            "snr": (fg - bg) / noise}
 
 
 def main():
@@ -42,13 +24,14 @@ def main():
     parser.add_argument("data", help="a dataset folder written by `selma3d synth`")
     args = parser.parse_args()
 
+    from selma3d.data.domain import case_statistics
     from selma3d.data.layout import load_dataset
     from selma3d.io.nifti import read_nifti
 
     dataset = load_dataset(args.data)
     groups: dict[tuple[str, str], list[dict]] = {}
     for case in dataset.annotated_cases():
-        stats = measure(read_nifti(case.image).array, read_nifti(case.label).array)
+        stats = case_statistics(read_nifti(case.image).array, read_nifti(case.label).array)
         groups.setdefault((case.structure, case.split), []).append(stats)
     print("| structure | split | n | Otsu Dice mean [min, max] | object vol | fg fraction | fg/bg "
           "| background | noise | SNR |")
@@ -60,7 +43,7 @@ def main():
             return float(np.mean([r[key] for r in rows]))
 
         print(f"| {structure} | {split} | {len(rows)} | {d.mean():.3f} [{d.min():.3f}, {d.max():.3f}] | "
-              f"{mean('object_volume'):.0f} | {mean('fraction'):.4f} | {mean('fg_bg'):.2f} | "
+              f"{mean('object_volume'):.0f} | {mean('fraction'):.4f} | {mean('contrast'):.2f} | "
               f"{mean('background'):.0f} | {mean('noise'):.1f} | {mean('snr'):.1f} |")
     shifted = dataset.shifted_splits
     for split, info in shifted.items():

@@ -63,7 +63,8 @@ def main() -> None:
 
     torch.set_num_threads(2)
     from selma3d.data.layout import load_dataset
-    from selma3d.data.ood import ood_case, otsu_mask
+    from selma3d.data.ood import ood_case
+    from selma3d.evaluation.baselines import otsu_mask
     from selma3d.inference.predict import load_run
     from selma3d.io.nifti import read_nifti
     from selma3d.training.finetune import FinetuneConfig, finetune

@@ -6,10 +6,11 @@ import csv
 import io
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
+
+from cli_helpers import run_cli
 
 from selma3d.errors import InputError
 from selma3d.evaluation import metrics as M
@@ -179,24 +180,13 @@ def test_empty_folders(tmp_path, folders):
         match_cases(tmp_path / "missing", gt_dir)
 
 
-def _cli(monkeypatch, capsys, *args):
-    from selma3d import cli
-
-    monkeypatch.setattr(sys, "argv", ["selma3d", *map(str, args)])
-    code = 0
-    try:
-        cli.app()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_evaluate_command_outputs_and_one_line_errors(folders, tmp_path, monkeypatch, capsys):
     gt_dir, pred_dir, arrays, _ = folders
     (pred_dir / "microglia_001_label.nii.gz").write_bytes(b"garbage")
     out, table = tmp_path / "m.json", tmp_path / "m.csv"
-    code, stdout, stderr = _cli(monkeypatch, capsys, "evaluate", pred_dir, gt_dir, "--out", out,
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "evaluate", pred_dir, gt_dir, "--out", out,
                                 "--csv", table, "--jobs", 1, "--quiet")
     assert code == 0
     assert [line for line in stderr.splitlines() if line.startswith("failed:")] == [
@@ -210,14 +200,14 @@ def test_evaluate_command_outputs_and_one_line_errors(folders, tmp_path, monkeyp
     assert rows[0]["type"] == "spot" and rows[0]["cldice"] == ""
 
     (tmp_path / "nothing").mkdir()
-    code, stdout, stderr = _cli(monkeypatch, capsys, "evaluate", tmp_path / "nothing", gt_dir,
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "evaluate", tmp_path / "nothing", gt_dir,
                                 "--out", tmp_path / "n.json", "--quiet")
     assert code == 1 and "Traceback" not in stderr
     lines = stderr.strip().splitlines()
     assert lines[-1].startswith("error: no case could be scored")
     assert len(lines) == len(arrays) + 1 and all(line.startswith("failed: case ") for line in lines[:-1])
 
-    code, _, stderr = _cli(monkeypatch, capsys, "evaluate", pred_dir, tmp_path / "no_gt", "--quiet")
+    code, _, stderr = run_cli(monkeypatch, capsys, "evaluate", pred_dir, tmp_path / "no_gt", "--quiet")
     assert code == 1 and stderr.strip().count("\n") == 0 and stderr.startswith("error: ")
 
 
@@ -276,14 +266,14 @@ def test_leaderboard_end_to_end(folders, tmp_path, monkeypatch, capsys):
     assert [r["team"] for r in rows] == ["perfect", "noisy"] and float(rows[0]["tree_dice_mean"]) == 1.0
 
     out = tmp_path / "board"
-    code, stdout, stderr = _cli(monkeypatch, capsys, "leaderboard", gt_dir, f"noisy={pred_dir}",
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "leaderboard", gt_dir, f"noisy={pred_dir}",
                                 f"perfect={perfect}", "--out", out, "--jobs", 1, "--quiet")
     assert code == 0, stderr
     assert "| 1 | perfect |" in stdout and "| 2 | noisy |" in stdout
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.json",
                  "teams/perfect.json", "teams/noisy.json"):
         assert (out / name).is_file()
-    code, _, stderr = _cli(monkeypatch, capsys, "leaderboard", gt_dir, "missing_equals_sign", "--quiet")
+    code, _, stderr = run_cli(monkeypatch, capsys, "leaderboard", gt_dir, "missing_equals_sign", "--quiet")
     assert code == 1 and stderr.startswith("error: submission 'missing_equals_sign'")
 
 
@@ -305,7 +295,7 @@ def test_evaluate_and_leaderboard_on_the_tiny_dataset_test_splits(tiny_dataset, 
         assert all(c["dice"] == 1.0 and c["betti0_error"] == 0 for c in exact["cases"])
         assert all(c["cldice"] == 1.0 and c["betti1_error"] == 0 for c in exact["cases"] if c["type"] == "tree")
         out = tmp_path / split / "board"
-        code, stdout, stderr = _cli(monkeypatch, capsys, "leaderboard", gt_dir, f"copy={copy}", f"noisy={noisy}",
+        code, stdout, stderr = run_cli(monkeypatch, capsys, "leaderboard", gt_dir, f"copy={copy}", f"noisy={noisy}",
                                     "--out", out, "--jobs", 1, "--quiet")
         assert code == 0, stderr
         board = json.loads((out / "leaderboard.json").read_text())

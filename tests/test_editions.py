@@ -7,11 +7,12 @@ import json
 import math
 import os
 import statistics
-import sys
 import warnings
 
 import numpy as np
 import pytest
+
+from cli_helpers import run_cli
 
 from selma3d.errors import InputError, Selma3dError
 from selma3d.evaluation import metrics as M
@@ -216,7 +217,7 @@ def test_2024_vacuous_cldice_warned_and_strict_scores_zero(tmp_path, monkeypatch
     assert len(result["warnings"]) == 1 and "prediction is empty" in result["warnings"][0]
     assert result["official"]["aggregates"]["micro_cldice"] == 1.0
 
-    code, stdout, stderr = _cli(monkeypatch, capsys, "evaluate", pred_dir, gt_dir, "--out", tmp_path / "m.json",
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "evaluate", pred_dir, gt_dir, "--out", tmp_path / "m.json",
                                 "--quiet", "--jobs", 1, "--strict")
     assert code == 0, stderr
     assert "warning: case microglia_000: clDice 1 is vacuous" in stderr
@@ -225,7 +226,7 @@ def test_2024_vacuous_cldice_warned_and_strict_scores_zero(tmp_path, monkeypatch
     assert saved["strict"] and saved["cases"][0]["cldice"] == 0.0
     assert saved["summary"]["tree"]["cldice"]["mean"] == 0.5
 
-    code, _, _ = _cli(monkeypatch, capsys, "evaluate", pred_dir, gt_dir, "--out", tmp_path / "o.json",
+    code, _, _ = run_cli(monkeypatch, capsys, "evaluate", pred_dir, gt_dir, "--out", tmp_path / "o.json",
                       "--quiet", "--jobs", 1, "--format", "official")
     assert code == 0
     official = json.loads((tmp_path / "o.json").read_text())
@@ -307,17 +308,6 @@ def test_2025_official_metrics_json(tmp_path):
 
 
 # ----------------------------------------------------------------------------- input checks
-def _cli(monkeypatch, capsys, *args):
-    from selma3d import cli
-
-    monkeypatch.setattr(sys, "argv", ["selma3d", *map(str, args)])
-    code = 0
-    try:
-        cli.app()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_unknown_prefix_is_a_one_line_failure(tmp_path, monkeypatch, capsys):
@@ -327,11 +317,11 @@ def test_unknown_prefix_is_a_one_line_failure(tmp_path, monkeypatch, capsys):
     assert [c["case"] for c in result["cases"]] == ["blood_vessel_0"]
     assert result["failures"][0]["case"] == "vessel_7"
     assert "matches no structure of the 2026 edition" in result["failures"][0]["error"]
-    code, _, stderr = _cli(monkeypatch, capsys, "evaluate", tmp_path / "pred", tmp_path / "gt", "--edition", "2026",
+    code, _, stderr = run_cli(monkeypatch, capsys, "evaluate", tmp_path / "pred", tmp_path / "gt", "--edition", "2026",
                            "--out", tmp_path / "m.json", "--quiet", "--jobs", 1)
     failed = [line for line in stderr.splitlines() if line.startswith("failed:")]
     assert code == 0 and len(failed) == 1 and "vessel_7" in failed[0] and "Traceback" not in stderr
-    code, _, stderr = _cli(monkeypatch, capsys, "evaluate", tmp_path / "pred", tmp_path / "gt", "--edition", "2023",
+    code, _, stderr = run_cli(monkeypatch, capsys, "evaluate", tmp_path / "pred", tmp_path / "gt", "--edition", "2023",
                            "--quiet")
     assert code == 1 and stderr.strip().count("\n") == 0 and "unknown edition" in stderr
 
@@ -350,7 +340,7 @@ def test_non_binary_prediction_needs_a_threshold(tmp_path, monkeypatch, capsys):
     result = evaluate(tmp_path / "pred", tmp_path / "gt", jobs=1, progress=False)
     assert "not a binary mask" in result["failures"][0]["error"]
     write_nifti(tmp_path / "pred" / "microglia_000.nii.gz", probabilities)
-    code, _, _ = _cli(monkeypatch, capsys, "evaluate", tmp_path / "pred", tmp_path / "gt", "--threshold", 0.5,
+    code, _, _ = run_cli(monkeypatch, capsys, "evaluate", tmp_path / "pred", tmp_path / "gt", "--threshold", 0.5,
                       "--out", tmp_path / "m.json", "--quiet", "--jobs", 1)
     saved = json.loads((tmp_path / "m.json").read_text())
     assert code == 0 and saved["threshold"] == 0.5
@@ -374,14 +364,14 @@ def test_ground_truth_as_prediction_is_an_error(tmp_path, monkeypatch, capsys):
     os.symlink(gt_dir / "microglia_000_label.nii.gz", pred_dir / "microglia_000.nii.gz")  # same file, other name
     with pytest.raises(InputError, match="ground-truth file of case microglia_000"):
         evaluate(pred_dir, gt_dir, jobs=1, progress=False)
-    code, stdout, stderr = _cli(monkeypatch, capsys, "evaluate", gt_dir, gt_dir, "--quiet",
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "evaluate", gt_dir, gt_dir, "--quiet",
                                 "--out", tmp_path / "m.json")
     assert code == 1 and stderr.strip().count("\n") == 0 and stderr.startswith("error: ")
     assert not (tmp_path / "m.json").exists()
 
 
 def test_official_format_refuses_strict(tmp_path, monkeypatch, capsys):
-    code, _, stderr = _cli(monkeypatch, capsys, "evaluate", tmp_path, tmp_path / "gt", "--format", "official",
+    code, _, stderr = run_cli(monkeypatch, capsys, "evaluate", tmp_path, tmp_path / "gt", "--format", "official",
                            "--strict")
     assert code == 1 and "cannot be combined" in stderr
 
@@ -417,12 +407,12 @@ def test_leaderboard_command_takes_the_edition(tmp_path, monkeypatch, capsys):
     write_nifti(tmp_path / "gt" / "blood_vessel_1_label.nii.gz", tube.astype(np.uint8))
     write_nifti(tmp_path / "a" / "blood_vessel_0.nii.gz", tube.astype(np.uint8))
     write_nifti(tmp_path / "a" / "blood_vessel_1.nii.gz", tube.astype(np.uint8))
-    code, stdout, stderr = _cli(monkeypatch, capsys, "leaderboard", tmp_path / "gt", f"a={tmp_path / 'a'}",
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "leaderboard", tmp_path / "gt", f"a={tmp_path / 'a'}",
                                 "--edition", "2026", "--quiet", "--jobs", 1, "--out", tmp_path / "board")
     assert code == 0, stderr
     assert "2026 edition" in stdout and "contiguous structures" in stdout
     assert json.loads((tmp_path / "board" / "leaderboard.json").read_text())[0]["edition"] == "2026"
-    code, stdout, stderr = _cli(monkeypatch, capsys, "leaderboard", tmp_path / "gt", f"a={tmp_path / 'a'}",
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "leaderboard", tmp_path / "gt", f"a={tmp_path / 'a'}",
                                 "--quiet", "--jobs", 1)
     assert code == 0 and "2024 edition" in stdout and "tree-like structures" in stdout  # the default
 

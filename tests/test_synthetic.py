@@ -13,10 +13,9 @@ import cc3d
 import numpy as np
 import pytest
 
-from skimage.filters import threshold_otsu
-
 from selma3d.data import synthetic
-from selma3d.data.domain import LOG_UNIFORM, SHIFTED_DOMAINS, TRAIN_DOMAINS, Domain, optics_from
+from selma3d.data.domain import (CAMERA_OFFSET, LOG_UNIFORM, SHIFTED_DOMAINS, TRAIN_DOMAINS, Domain, case_statistics,
+                                 optics_from)
 from selma3d.data.imaging import optical_blur
 from selma3d.data.layout import SPLITS, STRUCTURE_TYPES, load_dataset
 from selma3d.data.phantoms import GENERATORS
@@ -29,27 +28,10 @@ from selma3d.io.tiffstack import TiffStack
 TRAIN = {"vessel", "cfos", "nucleus", "plaque"}
 TEST = {"cfos", "microglia"}
 SHIFTED = {"cfos", "microglia", "vessel"}
-CAMERA_OFFSET = 100.0
-
-
-def _measure(image, label) -> dict[str, float]:
-    """What a reviewer would measure on one case: mean object volume (voxels per 26-connected
-    component), objects per 10⁵ voxels, foreground fraction, foreground/background ratio (above
-    the camera offset), background level (median), noise (robust std of neighbour differences
-    in the background), SNR, and the Dice of a per-case Otsu threshold."""
-    img, lab = image.astype(np.float64), label > 0
-    n = int(cc3d.connected_components(lab, connectivity=26).max())
-    bg, fg = float(np.median(img[~lab])), float(img[lab].mean())
-    diff = np.diff(img, axis=2)[~lab[:, :, 1:] & ~lab[:, :, :-1]]
-    noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff)))) / math.sqrt(2)
-    otsu = img > threshold_otsu(img)
-    return {"object_volume": lab.sum() / max(n, 1), "objects": 1e5 * n / lab.size, "fraction": lab.mean(),
-            "contrast": (fg - CAMERA_OFFSET) / (bg - CAMERA_OFFSET), "background": bg, "noise": noise,
-            "snr": (fg - bg) / noise, "otsu_dice": 2 * (otsu & lab).sum() / (otsu.sum() + lab.sum())}
 
 
 def _split_stats(structure, split, n, shape, seed=0):
-    rows = [_measure(*make_patch(structure, shape, seed, split, i)) for i in range(n)]
+    rows = [case_statistics(*make_patch(structure, shape, seed, split, i)) for i in range(n)]
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 

@@ -28,7 +28,7 @@ def shifted_small(tmp_path_factory):
 
 def _scores(run_dir, data, split, kind):
     from selma3d.data.layout import load_dataset
-    from selma3d.data.ood import otsu_mask
+    from selma3d.evaluation.baselines import otsu_mask
     from selma3d.evaluation.metrics import dice
     from selma3d.inference.predict import load_run
     from selma3d.io.nifti import read_nifti
@@ -70,7 +70,8 @@ def test_default_finetuning_beats_otsu_on_the_shifted_split(shifted_small, tmp_p
 
 def _ood_scores(run_dir, kind, cases=4):
     """The same comparison on :mod:`selma3d.data.ood`, a generator that shares no code with synth."""
-    from selma3d.data.ood import ood_case, otsu_mask
+    from selma3d.data.ood import ood_case
+    from selma3d.evaluation.baselines import otsu_mask
     from selma3d.evaluation.metrics import dice
     from selma3d.inference.predict import load_run
 

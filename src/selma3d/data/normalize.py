@@ -46,6 +46,12 @@ def noise_sigma(array: np.ndarray) -> float:
     diff = np.diff(array, axis=-1).ravel()
     if diff.size > MAX_STAT_VOXELS:
         diff = diff[:: diff.size // MAX_STAT_VOXELS + 1]
+    return sigma_from_differences(diff)
+
+
+def sigma_from_differences(diff: np.ndarray) -> float:
+    """Noise std from differences of neighbouring voxels: ``1.4826 · MAD(diff) / √2``."""
+    diff = np.asarray(diff).ravel()
     mad = float(np.median(np.abs(diff - np.median(diff))))
     return 1.4826 * mad / np.sqrt(2.0)
 

@@ -108,9 +108,3 @@ def ood_case(kind: str, shape=(96, 96, 96), seed: int = 0, *, contrast: float | 
     image = np.clip(np.rint(counts * 8 + 180), 0, 65535).astype(np.uint16)  # gain 8, offset 180
     return image, label
 
-
-def otsu_mask(image: np.ndarray) -> np.ndarray:
-    """The simple baseline every model must beat: one global Otsu threshold."""
-    from skimage.filters import threshold_otsu
-
-    return (np.asarray(image) > threshold_otsu(np.asarray(image))).astype(np.uint8)

@@ -127,14 +127,12 @@ def structure_types(plan: StudyPlan) -> dict[str, str]:
 # ------------------------------------------------------------------------------- baselines and arms
 def otsu_rows(cases: list[TestCase]) -> list[dict]:
     """The Otsu threshold of each raw test image, scored like any arm (what a network must beat)."""
-    from skimage.filters import threshold_otsu
-
+    from ..evaluation.baselines import otsu_mask
     from ..evaluation.metrics import metrics_for_type
 
     rows = []
     for case in cases:
-        image = case.image.astype(np.float32)
-        mask = image > threshold_otsu(image) if image.max() > image.min() else np.zeros(image.shape, bool)
+        mask = otsu_mask(case.image.astype(np.float32))
         rows.append({"structure": "", "method": OTSU, "model": "", "mode": "", "labels": "", "seed": None,
                      "split": case.split, "case": case.case, "test_structure": case.structure, "type": case.type,
                      **{k: float(v) for k, v in metrics_for_type(case.type, case.label, mask).items()}})
