@@ -132,6 +132,31 @@ def test_threshold_is_calibrated_on_validation_patches_unless_given(tiny_dataset
     # predict uses it
     assert loaded.threshold == info["threshold"]
 
+    assert calibration["on"] == "validation"
+
     fixed = finetune(_config(tiny_dataset, tmp_path / "fixed", val_fraction=0.5, max_steps=2, threshold=0.35))
     info = json.loads((fixed / "run.json").read_text())
     assert info["threshold"] == 0.35 and "threshold_calibration" not in info
+
+
+def test_without_validation_patches_the_threshold_is_calibrated_on_the_training_patches(tiny_dataset, tmp_path):
+    """Study arms and one-patch budgets have no validation split: calibrate in-sample, and say so."""
+    import json
+
+    import numpy as np
+
+    from selma3d.evaluation.metrics import dice
+    from selma3d.inference.predict import load_run, predict_probabilities
+    from selma3d.training.finetune_data import FinetuneDataModule
+
+    run = finetune(_config(tiny_dataset, tmp_path / "train_cal", structures=["cfos"], val_fraction=0.0, max_steps=4))
+    info = json.loads((run / "run.json").read_text())
+    calibration = info["threshold_calibration"]
+    assert calibration["on"] == "train" and info["threshold"] == calibration["threshold"]
+    data = FinetuneDataModule(tiny_dataset, (16, 16, 16), structures=["cfos"], val_fraction=0.0, seed=0)
+    data.setup()
+    assert not data.val_cases and sorted(c.name for c in data.train_cases) == calibration["cases"]
+    loaded = load_run(run)
+    probs = [predict_probabilities(loaded.model, c.image, loaded.patch_size, normalize=False) for c in data.train_cases]
+    for t, score in calibration["dice_by_threshold"].items():
+        assert score == pytest.approx(np.mean([dice(c.label, p > float(t)) for c, p in zip(data.train_cases, probs)]))

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Checkpoint (and validate) every N steps."),
         val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps "
                                                 "(default: --checkpoint-every)."),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="Probability threshold stored for predict (default: the best on the validation patches, 0.5 without any)."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Probability threshold stored for predict (default: the best on the validation patches, or on the training patches when there are none)."),
         augment: str = typer.Option("default", "--augment", help="Augmentation strength: none | light | default | strong."),
         num_workers: int = typer.Option(1, "--num-workers", help="Data-loading worker processes (0: load in the training process)."),
         accelerator: str = typer.Option("auto", "--accelerator", help="Lightning accelerator: auto | cpu | gpu."),

@@ -74,7 +74,7 @@ class FinetuneConfig:
     fold: int | None = None
     checkpoint_every: int = 100
     val_every: int | None = None  # default: checkpoint_every
-    threshold: float | None = None  # None: calibrated on the validation patches (0.5 without any)
+    threshold: float | None = None  # None: calibrated on the validation patches (else the training ones)
     overlap: float = 0.5
     augment: str = "default"  # strength: none | light | default | strong
     num_workers: int = 1  # one loader process overlaps augmentation with the step
@@ -619,8 +619,13 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
     best = {"step": keeper.best_step, "val_dice": keeper.best_score}
     info = run_info(config, model, data, status="finished", best=best) | {"steps_done": int(trainer.global_step)}
     write_json(out / RUN_FILE, info)
-    if config.threshold is None and data.val_cases:
-        calibration = calibrate_threshold(out, data.val_cases)
+    if config.threshold is None:
+        # Held-out patches when there are any; else the training patches themselves (in-sample, so
+        # optimistic, but the bias it corrects, the foreground prior of balanced crops, is the same
+        # on them: BENCHMARKS.md, "study").
+        held_out = bool(data.val_cases)
+        calibration = calibrate_threshold(out, data.val_cases if held_out else data.train_cases)
+        calibration["on"] = "validation" if held_out else "train"
         write_json(out / RUN_FILE, info | {"threshold": calibration["threshold"],
                                            "threshold_calibration": calibration})
     return out
