@@ -25,6 +25,7 @@ TINY = {
                                 "mlp_dim": 64, "decoder_channels": 4},
                  out_dim=64, hidden_dim=64, bottleneck_dim=16, local_crops=2, base_momentum=0.9),
     "simclr": dict(model_options={"features": [4, 8, 16]}, hidden_dim=32, projection_dim=16),
+    "shape": dict(model_options={"features": [4, 8, 16]}, scales=(1.0,), structure_types=["spot", "tree", "spot"]),
 }
 PATCH = {"multitask": (32, 32, 32)}  # SwinUNETR needs multiples of 32
 
@@ -92,6 +93,8 @@ def test_method_trains_with_falling_loss(name):
     assert changed  # the objective trains the encoder that gets saved
     if name == "multitask":
         assert {"loss_rotation", "loss_contrast", "loss_inpainting", "loss_structure"} <= set(logs[-1])
+    if name == "shape":
+        assert {"loss_shape", "loss_inpainting", "loss_type"} <= set(logs[-1])
 
 
 @pytest.mark.parametrize("name", ["byol", "dino"])
@@ -198,7 +201,7 @@ def test_cli_unknown_method_is_one_line(tmp_path):
     result = _cli("pretrain", "--method", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "r"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: unknown SSL method 'nope'; choose one of: byol, multitask, inpainting, dino, simclr"]
+        "error: unknown SSL method 'nope'; choose one of: byol, multitask, inpainting, dino, simclr, shape"]
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from ..errors import Selma3dError
 from .options import parse_options
 
 DEFAULT_MODELS = {"byol": "unet3d", "multitask": "swinunetr", "inpainting": "unet3d",
-                  "dino": "vit3d", "simclr": "attunet2d"}
+                  "dino": "vit3d", "simclr": "attunet2d", "shape": "unet3d"}
 
 
 #: command-line parameter → PretrainConfig field, where the names differ
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain(
         ctx: typer.Context,
-        method: str = typer.Option(..., help="byol | multitask | inpainting | dino | simclr"),
+        method: str = typer.Option(..., help="byol | multitask | inpainting | dino | simclr | shape"),
         data: Path = typer.Option(..., help="dataset folder (its unannotated/ volumes are used)"),
         out: Path = typer.Option(..., help="run folder (checkpoints, loss curve, encoder.pt)"),
         model: Optional[str] = typer.Option(None, help="backbone (default per method: "

@@ -26,6 +26,7 @@ METHODS: dict[str, str] = {
     "inpainting": "selma3d.ssl.inpainting:Inpainting",
     "dino": "selma3d.ssl.dino_ibot:DinoIBot",
     "simclr": "selma3d.ssl.simclr:SimCLR",
+    "shape": "selma3d.ssl.shape:ShapeAware",
 }
 
 

@@ -290,6 +290,19 @@ def _strategy(config: PretrainConfig):
     return config.strategy
 
 
+def structure_type_option(config: PretrainConfig, structures: list[str]) -> dict:
+    """``structure_types`` (spot/tree per sampler structure index) for methods that take it."""
+    import inspect
+
+    from ..data.layout import load_dataset
+    from ..ssl import method_class
+
+    if "structure_types" not in inspect.signature(method_class(config.method).__init__).parameters:
+        return {}
+    dataset = load_dataset(config.data)
+    return {"structure_types": [dataset.type_of(s) for s in structures]}
+
+
 def run_pretraining(config: PretrainConfig, resume: bool = False,
                     given: set[str] | None = None, callbacks: list | None = None) -> Path:
     """Train (or continue training) and return the path of ``encoder.pt``.
@@ -326,7 +339,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
 
     method = build_method(config.method, model=config.model, model_options=config.model_options,
                           patch_size=config.patch_size, num_structures=len(structures),
-                          **config.method_options)
+                          **structure_type_option(config, structures), **config.method_options)
     if trainer_is_main():
         saved = asdict(config)
         saved["percentiles"] = {k: list(v) for k, v in percentiles.items()}
@@ -339,6 +352,8 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
         "downsample_xy": config.downsample_xy,
         "structures": structures,
         "method_options": config.method_options,
+        # the method's resolved settings (defaults included), where it reports them
+        "method_recipe": method.recipe() if hasattr(method, "recipe") else {},
     }
     module = PretrainModule(method, config, encoder_extra, dataset)
     health = _health_callback(config, dataset, run_dir) if config.health_every > 0 else None
