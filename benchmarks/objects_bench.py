@@ -3,10 +3,15 @@ versus the whole-volume reference (whole arrays read into memory, cc3d + regionp
 one process, on a volume that fits in memory.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/objects_bench.py [--shape 128 256 256] [--block 64 128 128]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/objects_bench.py --tree [--shape 96 192 192] [--block 48 96 96] [--halo 8]
 
-Checks that the two tables are identical (same objects, matched through the label arrays; exact
-integers, floats to 1e-9) and that the label volumes are equal up to renumbering; prints both
+Spots: checks that the two tables are identical (same objects, matched through the label arrays;
+exact integers, floats to 1e-9) and that the label volumes are equal up to renumbering; prints both
 times and their ratio, and the peak memory of each (tracemalloc, numpy allocations).
+``--tree``: a synthetic vessel network (selma3d.data.phantoms.vessel_tree, spacing 2×1×1 µm);
+`selma3d stats --type tree` (skeleton per block with a halo, joined skan graph) against
+skimage.skeletonize + skan.summarize on the whole volume: skeleton voxels that differ, total
+length, number of branches and the time of both (skan's numba functions are compiled first).
 """
 
 from __future__ import annotations
@@ -81,12 +86,59 @@ def compare(out: Path, labels_ref, table_ref) -> float:
     return worst
 
 
+def tree(args) -> None:
+    import skan
+    import zarr
+    from skimage.morphology import skeletonize
+
+    from selma3d.data.phantoms import vessel_tree
+
+    shape, spacing = tuple(args.shape), (2.0, 1.0, 1.0)
+    _, mask = vessel_tree(shape, spacing, np.random.default_rng(0)).rasterize(0, shape[0])
+    warm = np.zeros((5, 5, 5), bool)
+    warm[2, 1:4, 2] = True
+    skan.summarize(skan.Skeleton(warm), separator="_")  # compile skan's numba functions outside the timings
+    folder = Path(tempfile.mkdtemp(prefix="objects_bench_"))
+    try:
+        mask_path = convert_to_zarr(mask.astype(np.uint8), folder / "mask.zarr", chunks=64, spacing=spacing,
+                                    progress=False)
+
+        def whole():
+            binary = np.asarray(open_volume(mask_path)[:]) > 0
+            skeleton = skeletonize(binary)
+            return skeleton, skan.summarize(skan.Skeleton(skeleton, spacing=spacing), separator="_")
+
+        (skeleton, reference), seconds_ref, peak_ref = timed(whole)
+        out = folder / "stats"
+        _, seconds, peak = timed(lambda: run_stats(mask_path, out, kind="tree", block_size=args.block,
+                                                   halo=args.halo))
+        ours = np.asarray(zarr.open_group(str(out / "skeleton.zarr"), mode="r")["0"][:]) > 0
+        branches = pd.read_parquet(out / "branches.parquet")
+        length, expected = branches["length_um"].sum(), reference["branch_distance"].sum()
+        print(f"vessel phantom {shape} at {spacing} um ({mask.mean():.1%} foreground), blocks {tuple(args.block)}, "
+              f"halo {args.halo}")
+        print(f"skeleton voxels differing from the whole-volume skeleton: {int((ours != skeleton).sum())} of "
+              f"{int(skeleton.sum())}; total length {length:.1f} vs {expected:.1f} um "
+              f"({length / expected - 1:+.3%}); branches {len(branches)} vs {len(reference)}")
+        print(f"whole volume (skeletonize + skan): {seconds_ref:.2f} s, peak {peak_ref / 2**20:.0f} MiB; "
+              f"selma3d stats --type tree: {seconds:.2f} s, peak {peak / 2**20:.0f} MiB; "
+              f"ratio {seconds / seconds_ref:.2f}x")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=(128, 256, 256))
-    parser.add_argument("--block", type=int, nargs=3, default=(64, 128, 128))
+    parser.add_argument("--shape", type=int, nargs=3, default=None)
+    parser.add_argument("--block", type=int, nargs=3, default=None)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tree", action="store_true", help="the tree-like (skeleton) comparison instead")
+    parser.add_argument("--halo", type=int, default=8)
     args = parser.parse_args()
+    if args.tree:
+        args.shape, args.block = args.shape or (96, 192, 192), args.block or (48, 96, 96)
+        return tree(args)
+    args.shape, args.block = args.shape or (128, 256, 256), args.block or (64, 128, 128)
 
     folder = Path(tempfile.mkdtemp(prefix="objects_bench_"))
     try:

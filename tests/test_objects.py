@@ -4,8 +4,6 @@ skeleton graph equals skan's on the whole volume, and reads stay bounded by the 
 
 from __future__ import annotations
 
-import itertools
-from pathlib import Path
 
 import cc3d
 import fastremap
@@ -253,3 +251,15 @@ def test_tube_across_block_faces_total_length_matches_whole_volume_skan(tmp_path
     assert branches["mean_radius_um"].between(1.0, 6.0).all()
     volume_mm3 = np.prod(mask.shape) * np.prod(spacing) / 1e9
     assert np.isclose(summary.loc["all", "length_mm_per_mm3"], total / 1000 / volume_mm3)
+
+
+def test_radius_equals_the_distance_transform_at_skeleton_voxels():
+    from selma3d.objects.skeleton import nearest_background
+
+    rng = np.random.default_rng(2)
+    binary = ndimage.binary_dilation(rng.random((20, 30, 26)) < 0.01, np.ones((5, 5, 5)))
+    points = np.argwhere(skeletonize(binary))
+    spacing = (2.5, 1.0, 0.6)
+    expected = ndimage.distance_transform_edt(binary, sampling=spacing)[tuple(points.T)]
+    np.testing.assert_allclose(nearest_background(binary, points, spacing), expected, rtol=1e-12)
+    assert expected.max() > 2 * min(spacing)  # not only surface voxels

@@ -95,7 +95,7 @@ def _check_binary(block: np.ndarray, seen: list, where: str) -> None:
 
 def _save_npz(path: Path, **arrays) -> None:
     tmp = path.with_name(f".{path.name}.partial.npz")
-    np.savez(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)  # faces are mostly zeros
     os.replace(tmp, path)
 
 
