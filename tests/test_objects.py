@@ -238,7 +238,10 @@ def test_tube_across_block_faces_total_length_matches_whole_volume_skan(tmp_path
     mask = tube(branch=True)
     spacing = (2.0, 1.0, 0.7)
     path = write_nifti(tmp_path / "tube.nii.gz", mask.astype(np.uint8), spacing_zyx=spacing)
-    out = run_stats(path, tmp_path / "out", kind="tree", block_size=block_size, halo=8)
+    regions = np.ones(mask.shape, np.int16)
+    regions[:, 20:] = 2  # the tube runs along y from one region into the other
+    regions_path = write_nifti(tmp_path / "regions.nii.gz", regions, spacing_zyx=spacing)
+    out = run_stats(path, tmp_path / "out", kind="tree", block_size=block_size, halo=8, regions=regions_path)
     summary = pd.read_csv(out / "summary.csv").set_index("region")
     branches = pd.read_csv(out / "branches.csv")
     whole = skan.summarize(skan.Skeleton(skeletonize(mask), spacing=spacing), separator="_")
@@ -251,6 +254,9 @@ def test_tube_across_block_faces_total_length_matches_whole_volume_skan(tmp_path
     assert branches["mean_radius_um"].between(1.0, 6.0).all()
     volume_mm3 = np.prod(mask.shape) * np.prod(spacing) / 1e9
     assert np.isclose(summary.loc["all", "length_mm_per_mm3"], total / 1000 / volume_mm3)
+    per_region = summary.drop("all")["length_um"]
+    assert np.isclose(per_region.sum(), total) and (per_region > 0.3 * total).all()
+    assert int(summary.drop("all")["branch_points"].sum()) == 1
 
 
 def test_radius_equals_the_distance_transform_at_skeleton_voxels():

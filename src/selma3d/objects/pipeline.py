@@ -33,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+import fastremap
 import numpy as np
 
 from ..errors import InputError
@@ -232,7 +233,8 @@ def _run(journal: Journal, out: Path, mask, image, regions, kind, chunks, spacin
             moments = block_moments(labels, n, block.start, read(image, block.core) if image is not None else None)
             arrays = {"n": np.int64(n), **block_faces(labels), **{f"m_{k}": v for k, v in moments.items()}}
             if regions is not None:
-                keys, sizes = np.unique(read(regions, block.core), return_counts=True)
+                # fastremap.unique counts labels without sorting the block (np.unique sorts it)
+                keys, sizes = fastremap.unique(read(regions, block.core), return_counts=True)
                 arrays.update(region_keys=keys.astype(np.int64), region_sizes=sizes.astype(np.int64))
             _save_npz(scan_file(block.index), **arrays)
 
