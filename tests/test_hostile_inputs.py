@@ -426,7 +426,54 @@ CASES = [
          ("--labels",)),
     Case("study-encoder-missing", lambda w: ["study", "--data", w.data, "--out", w.tmp / "s", "--encoder",
                                              f"byol={w.tmp / 'none.pt'}"], ("none.pt",)),
+
+    # ---- stats (issue 9): inputs on different grids, a mask that is not binary, outputs that
+    # would overwrite an input or cannot be written; nothing may be left behind
+    Case("stats-mask-and-image-shapes-differ", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--image",
+                                                                w.nii("i.nii.gz", shape=(16, 20, 24))),
+         ("i.nii.gz", "(16, 20, 24)", "same voxel grid")),
+    Case("stats-regions-shape-differs", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--regions",
+                                                         w.nii("r.nii.gz", np.zeros((8, 20, 20), np.int16))),
+         ("r.nii.gz", "same voxel grid")),
+    Case("stats-mask-not-binary", lambda w: _stats(w, w.nii("m.nii.gz", _binary() * np.int16(3) + _binary(1))),
+         ("m.nii.gz", "not binary")),
+    Case("stats-probability-map-as-mask", lambda w: _stats(w, w.nii("p.nii.gz", np.random.default_rng(0).random(
+        (16, 20, 20)).astype(np.float32))), ("p.nii.gz", "not binary")),
+    Case("stats-regions-not-integers", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--regions",
+                                                        w.nii("r.nii.gz", np.zeros((16, 20, 20), np.float32))),
+         ("r.nii.gz", "integers")),
+    Case("stats-missing-mask", lambda w: _stats(w, w.tmp / "nomask.zarr"), ("nomask.zarr", "no such file")),
+    Case("stats-output-is-input", lambda w: ["stats", w.zarr("s.zarr"), "--out", w.tmp / "s.zarr", "--quiet"],
+         ("{tmp}/s.zarr", "is the input")),
+    Case("stats-output-inside-image", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--image",
+                                                       w.zarr("s.zarr"), out=w.tmp / "s.zarr" / "st"),
+         ("st", "inside the input")),
+    Case("stats-output-parent-is-a-file", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), out=w.file("f") / "st"),
+         ("{tmp}/f", "is a file, not a folder")),
+    Case("stats-output-not-written-by-stats", lambda w: _stats(w, w.nii("m.nii.gz", _binary()),
+                                                               out=w.file("mine/notes.txt").parent),
+         ("mine", "not written by `selma3d stats`")),
+    Case("stats-unknown-type", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--type", "blob"),
+         ("--type", "blob")),
+    Case("stats-block-size-word", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--block-size", "big"),
+         ("--block-size", "big")),
+    Case("stats-zero-density-factor", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--density-factor", "0"),
+         ("--density-factor",)),
+    Case("stats-negative-spacing", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--spacing", "1,-1,1"),
+         ("--spacing",)),
+    Case("stats-readonly-output", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), out=w.folder("ro") / "st"),
+         ("{tmp}/ro", "read-only file system"), readonly="ro"),
+    Case("usage-stats-missing-out", lambda w: ["stats", w.tmp / "m.nii.gz"], ("--out",), 2),
 ]
+
+
+def _binary(seed: int = 0) -> np.ndarray:
+    """A 16×20×20 0/1 int16 mask."""
+    return (np.random.default_rng(seed).random((16, 20, 20)) < 0.1).astype(np.int16)
+
+
+def _stats(w, mask, *args, out=None):
+    return ["stats", mask, "--out", out or w.tmp / "st", "--quiet", "--block-size", "8", *args]
 
 
 def _plain_zarr(w, shape) -> Path:
