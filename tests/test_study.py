@@ -329,3 +329,40 @@ def test_cpu_preset_study_on_the_small_synthetic_set(tmp_path):
     assert section["headline"][0].startswith("Self-supervised pretraining")
     # trained for real: every arm segments c-Fos better than chance
     assert all(entry["cells"]["all"]["dice"]["mean"] > 0.2 for entry in section["table"])
+
+
+def test_a_new_method_is_compared_with_the_best_team_method_overall_and_per_test_structure():
+    """``shape`` vs the best of the five team methods (picked per metric, budget and mode), on
+    all test cases and on each test structure alone (microglia: never annotated)."""
+    from selma3d.study.report import analyze
+    from selma3d.study.stats import best_team_comparisons
+
+    rows = []
+    for seed in (0, 1, 2):
+        for case, test_structure in (("v1", "vessel"), ("m1", "microglia")):
+            gain = 0.1 if test_structure == "microglia" else 0.0
+            rows += [_row("scratch", seed, case, 0.5), _row("byol", seed, case, 0.55),
+                     _row("inpainting", seed, case, 0.60 + 0.001 * seed),
+                     _row("shape", seed, case, 0.60 + gain + 0.01 * seed)]
+            for row in rows[-4:]:
+                row.update(test_structure=test_structure, split="final_test", type="tree", structure="vessel",
+                           cldice=row["dice"], betti1_error=1.0)
+    found = best_team_comparisons(rows, ["dice"])
+    assert [(c["method"], c["baseline_method"]) for c in found] == [("shape", "inpainting")]
+    # per seed: mean over the two cases of (shape − inpainting) = 0.05 + 0.009·seed
+    assert found[0]["difference"] == pytest.approx(0.05 + 0.009)
+    # betti errors: lower is better, so the best team method is the one with the fewest errors
+    for row in rows:
+        row["betti0_error"] = {"byol": 1.0, "inpainting": 3.0}.get(row["method"], 2.0)
+    (errors,) = best_team_comparisons(rows, ["betti0_error"])
+    assert errors["baseline_method"] == "byol" and errors["difference"] == pytest.approx(1.0)
+
+    section = analyze(rows)["sections"][0]
+    per = section["by_test_structure"]
+    assert set(per) == {"microglia", "vessel"}
+    microglia = [c for c in per["microglia"]["versus_team"] if c["metric"] == "dice"]
+    assert microglia[0]["difference"] == pytest.approx(0.1 + 0.009) and microglia[0]["verdict"] == "better"
+    vessel = [c for c in per["vessel"]["versus_team"] if c["metric"] == "dice"]
+    assert vessel[0]["verdict"] == "no detectable difference"
+    assert any(line.startswith("shape · full · 1 label on microglia vs best team method (inpainting")
+               and line.endswith("better") for line in section["headline"])

@@ -28,7 +28,7 @@ HELP = "\n\n".join([
     "tiny: seconds, for tests. unet3d [4,8,16], 16³ crops, 4 steps, byol, full, labels 1,all, seeds 0,1.",
     "cpu: about 20 min on 2 idle cores on `synth --preset small` (BENCHMARKS.md). unet3d [8,16,32], 32³ crops, "
     "100 steps (batch 2); byol + inpainting pretrained 200 steps (batch 4); mode full; labels 1,4,all; seeds 0,1.",
-    "gpu: one real GPU. unet3d [32,64,128,256] (byol, inpainting, multitask), vit3d (dino), attunet2d "
+    "gpu: one real GPU. unet3d [32,64,128,256] (byol, inpainting, multitask, shape), vit3d (dino), attunet2d "
     "(simclr), each architecture with its own scratch arms; 64³ crops, 2000 steps (batch 4); pretraining "
     "20000 steps (batch 8); modes full,frozen,linear; labels 1,2,4,all; seeds 0,1,2.",
 ])

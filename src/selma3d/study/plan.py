@@ -52,7 +52,7 @@ PRESETS: dict[str, dict] = {
                 steps=100, pretrain_steps=200, pretrain_batch_size=4, num_workers=0, pretrain_workers=1,
                 augment="default"),
     # the recipe for one real GPU: every method with unet3d or its own backbone, every mode
-    "gpu": dict(methods=["byol", "inpainting", "multitask", "dino", "simclr"], modes=list(MODES),
+    "gpu": dict(methods=["byol", "inpainting", "multitask", "dino", "simclr", "shape"], modes=list(MODES),
                 labels=[1, 2, 4, None], seeds=[0, 1, 2], model_options=_GPU_MODELS, patch_size=64,
                 batch_size=4, steps=2000, pretrain_steps=20000, pretrain_batch_size=8, num_workers=4, pretrain_workers=4,
                 augment="default"),

@@ -77,13 +77,24 @@ def analyze(rows: list[dict], confidence: float = 0.95) -> dict:
                           "std": None, "n_cases": len(base)} for m in metrics}
         versus_scratch = stats.scratch_comparisons(arm_rows, metrics, confidence)
         versus_otsu = stats.threshold_comparisons(arm_rows + base, metrics, confidence)
+        versus_team = stats.best_team_comparisons(arm_rows, metrics, confidence)
+        # the same comparisons on each test structure alone (e.g. microglia, never annotated)
+        test_structures = sorted({r["test_structure"] for r in arm_rows})
+        by_test_structure = {}
+        if len(test_structures) > 1:
+            for name in test_structures:
+                subset = [r for r in arm_rows if r["test_structure"] == name]
+                by_test_structure[name] = {"versus_scratch": stats.scratch_comparisons(subset, metrics, confidence),
+                                           "versus_team": stats.best_team_comparisons(subset, metrics, confidence)}
         sections.append({
             "structure": structure, "type": kind, "metrics": metrics, "budgets": budgets,
             "test_structures": sorted({r["test_structure"] for r in arm_rows}),
             "test_splits": sorted({r["split"] for r in arm_rows}), "n_cases": len(cases),
             "seeds": sorted({int(r["seed"]) for r in arm_rows}),
             "table": table, "otsu": otsu_cells, "versus_scratch": versus_scratch, "versus_otsu": versus_otsu,
-            "headline": headline(structure, kind, versus_scratch, versus_otsu, table, otsu_cells),
+            "versus_team": versus_team, "by_test_structure": by_test_structure,
+            "headline": headline(structure, kind, versus_scratch, versus_otsu, table, otsu_cells)
+            + team_headline(versus_team, by_test_structure),
         })
     return {"interval": stats.INTERVAL_METHOD, "confidence": confidence, "sections": sections}
 
@@ -96,6 +107,22 @@ def verdict_line(comparison: dict) -> str:
     what = f"{verdict} than scratch" if verdict in (stats.BETTER, stats.WORSE) else verdict
     return (f"{comparison['method']} · {comparison['mode']} · {_labels(comparison['labels'])}: "
             f"{what} ({label} {value})")
+
+
+def team_line(comparison: dict, where: str = "") -> str:
+    """``shape · full · 1 label vs best team method (byol): Dice +0.012 [-0.020, +0.044], no ...``."""
+    label = METRIC_LABELS.get(comparison["metric"], comparison["metric"]).split(" ")[0]
+    return (f"{comparison['method']} · {comparison['mode']} · {_labels(comparison['labels'])}{where} vs "
+            f"{comparison['baseline']}: {label} {comparison.get('text', 'n/a')}, {comparison['verdict']}")
+
+
+def team_headline(versus_team: list[dict], by_test_structure: dict) -> list[str]:
+    """One line per non-team method and budget against the best team method (Dice, and on each
+    test structure alone when there are several)."""
+    lines = [team_line(c) for c in versus_team if c["metric"] == PRIMARY]
+    for name, found in by_test_structure.items():
+        lines += [team_line(c, f" on {name}") for c in found["versus_team"] if c["metric"] == PRIMARY]
+    return lines
 
 
 def headline(structure: str, kind: str, versus_scratch: list[dict], versus_otsu: list[dict],
@@ -219,17 +246,35 @@ def html_section(analysis: dict, image_dir: str = "") -> str:
             parts.append("</table><h4>Verdicts (Dice)</h4><ul>" + "".join(
                 f"<li>{html.escape(verdict_line(c))}</li>" for c in comparisons if c["metric"] == PRIMARY)
                 + "</ul>")
+        team = section.get("versus_team", []) + [c | {"where": name} for name, found in
+                                                 section.get("by_test_structure", {}).items()
+                                                 for c in found["versus_team"]]
+        if team:
+            parts.append("<h4>Beyond the five team methods: each other method − the best team method of the same "
+                         "mode and budget (difference [95 % interval], verdict)</h4><table><tr><th>arm</th>"
+                         "<th>labels</th><th>tested on</th><th>baseline</th><th>metric</th><th>difference</th>"
+                         "<th>verdict</th></tr>")
+            for c in team:
+                parts.append(f"<tr><td>{html.escape(c['method'])} · {html.escape(c['mode'])}</td><td>{c['labels']}</td>"
+                             f"<td>{html.escape(c.get('where', 'all test cases'))}</td><td>{html.escape(c['baseline'])}</td>"
+                             f"<td>{html.escape(METRIC_LABELS.get(c['metric'], c['metric']))}</td>"
+                             f"<td>{html.escape(c.get('text', '–'))}</td><td>{html.escape(c['verdict'])}</td></tr>")
+            parts.append("</table>")
     return "\n".join(parts)
 
 
 def comparisons_csv(analysis: dict) -> str:
-    fields = ["baseline", "structure", "model", "method", "mode", "labels", "metric", "difference", "low",
-              "high", "n_seeds", "verdict"]
+    fields = ["baseline", "structure", "model", "method", "mode", "labels", "tested_on", "metric", "difference",
+              "low", "high", "n_seeds", "verdict"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for section in analysis["sections"]:
-        for row in section["versus_scratch"] + section["versus_otsu"]:
+        rows = [r | {"tested_on": "all"} for r in section["versus_scratch"] + section["versus_otsu"]
+                + section.get("versus_team", [])]
+        for name, found in section.get("by_test_structure", {}).items():
+            rows += [r | {"tested_on": name} for r in found["versus_scratch"] + found["versus_team"]]
+        for row in rows:
             writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in fields})
     return buffer.getvalue()
 

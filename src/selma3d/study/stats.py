@@ -32,6 +32,9 @@ from ..evaluation.metrics import HIGHER_IS_BETTER
 BETTER, WORSE, NO_DIFFERENCE, TOO_FEW = ("better", "worse", "no detectable difference",
                                          "not enough seeds for an interval")
 INTERVAL_METHOD = "paired by seed and case; 95 % Student-t interval over seeds of the per-seed mean difference"
+#: the five SELMA3D participants' methods; any other pretrained method (e.g. ``shape``) is also
+#: compared with the best of these
+TEAM_METHODS = ("byol", "multitask", "inpainting", "dino", "simclr")
 #: the fields that identify an arm's group of rows (everything but the seed and the case)
 GROUP_FIELDS = ("structure", "model", "method", "mode", "labels")
 
@@ -159,4 +162,31 @@ def threshold_comparisons(rows: Sequence[dict], metrics: Sequence[str], confiden
     for key, group in sorted(groups(r for r in rows if r["method"] != "otsu").items()):
         for metric in metrics:
             out.append({**dict(zip(GROUP_FIELDS, key)), "baseline": "otsu", **compare(group, otsu, metric, confidence)})
+    return out
+
+
+def best_team_comparisons(rows: Sequence[dict], metrics: Sequence[str], confidence: float = 0.95) -> list[dict]:
+    """Every non-team pretrained method against the best team method of the same structure, mode
+    and budget (any backbone), per metric: "best" is the highest (lowest for error counts) mean
+    over seeds on these very rows. Picking the winner on the data it is compared on favours the
+    team method, so a "better" verdict here is conservative."""
+    grouped = groups(r for r in rows if r["method"] != "otsu")
+    out = []
+    for key, group in sorted(grouped.items()):
+        fields = dict(zip(GROUP_FIELDS, key))
+        if fields["method"] in TEAM_METHODS or fields["method"] == "scratch":
+            continue
+        rivals = {k: g for k, g in grouped.items()
+                  if dict(zip(GROUP_FIELDS, k))["method"] in TEAM_METHODS
+                  and all(dict(zip(GROUP_FIELDS, k))[f] == fields[f] for f in ("structure", "mode", "labels"))}
+        for metric in metrics:
+            higher = HIGHER_IS_BETTER.get(metric, True)
+            scored = [(summarize_group(g, metric)["mean"], k) for k, g in rivals.items()]
+            scored = [(m, k) for m, k in scored if m is not None]
+            if not scored:
+                continue
+            _, best = max(scored, key=lambda mk: mk[0] if higher else -mk[0])
+            best_fields = dict(zip(GROUP_FIELDS, best))
+            out.append({**fields, "baseline": f"best team method ({best_fields['method']}, {best_fields['model']})",
+                        "baseline_method": best_fields["method"], **compare(group, rivals[best], metric, confidence)})
     return out
