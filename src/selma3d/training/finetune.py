@@ -25,7 +25,7 @@ import math
 import os
 import platform
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -604,6 +604,9 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
         raise InputError(f"--resume: {out} holds no checkpoint to resume ({CHECKPOINT_DIR}/{LAST_CHECKPOINT} missing)")
     if not resume and ((out / MODEL_FILE).exists() or last.exists()):
         raise InputError(f"{out} already holds a finetuning run; use --resume to continue it or choose another --out")
+    if not resume:  # saved absolute, so a resume from another working directory reads the same files
+        config = replace(config, data=str(Path(config.data).expanduser().resolve()),
+                         pretrained=str(Path(config.pretrained).expanduser().resolve()) if config.pretrained else None)
     out.mkdir(parents=True, exist_ok=True)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
