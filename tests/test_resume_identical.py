@@ -128,18 +128,23 @@ def assert_same_pretraining(whole: Path, run: Path, method: str, health: bool = 
 
 def test_pretraining_crashed_after_a_checkpoint_resumes_bit_identical(tiny_dataset, tmp_path, monkeypatch):
     """BYOL in this process (SSL health off: the slow test has it): 0 loader workers
-    uninterrupted, 2 before the crash, 1 after it."""
+    uninterrupted, 2 before the crash, 1 after it. The crashed run is started with a relative
+    ``--data`` and resumed from another directory with the absolute one and the method's
+    default model named explicitly: the same settings, so accepted."""
     from selma3d.training import pretrain
     from selma3d.training.pretrain import run_pretraining
 
     data = Path(tiny_dataset).resolve()
     run_pretraining(pretrain_config("byol", data, tmp_path / "whole", workers=0, health=False))
     monkeypatch.setattr(pretrain, "kill_point", crash_after(KILL_AT))
+    monkeypatch.chdir(data.parent)
     with pytest.raises(Crash):
-        run_pretraining(pretrain_config("byol", data, tmp_path / "run", workers=2, health=False))
+        run_pretraining(pretrain_config("byol", Path(data.name), tmp_path / "run", workers=2, health=False))
     assert load(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == KILL_AT
-    run_pretraining(pretrain_config("byol", data, tmp_path / "run", workers=1, health=False), resume=True,
-                    given={"num_workers"})
+    monkeypatch.chdir(tmp_path)
+    config = pretrain_config("byol", data, tmp_path / "run", workers=1, health=False)
+    config.model = "unet3d"
+    run_pretraining(config, resume=True, given={"method", "num_workers", "data", "model"})
     assert_same_pretraining(tmp_path / "whole", tmp_path / "run", "byol", health=False)
 
 def pretrain_args(method: str, data: Path, out: str, workers: int) -> list[str]:
@@ -165,18 +170,20 @@ def test_pretraining_killed_at_a_checkpoint_resumes_bit_identical(method, tiny_d
     whole = tmp_path / "whole"
     run_pretraining(pretrain_config(method, data, whole, workers=0))
 
-    killed = selma3d(*pretrain_args(method, data, "run", workers=2), cwd=tmp_path, kill_after=KILL_AT)
+    killed = selma3d(*pretrain_args(method, os.path.relpath(data, tmp_path), "run", workers=2), cwd=tmp_path,
+                     kill_after=KILL_AT)
     run = tmp_path / "run"
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert load(run / "checkpoints" / "last.ckpt")["global_step"] == KILL_AT
     assert not (run / "encoder.pt").exists() and not (run / "summary.json").exists()
     assert len((run / "loss.csv").read_text().splitlines()) == 1 + KILL_AT
 
-    # the user's resume: another worker count, the default model named, the data path relative
+    # the user's resume from another directory: another worker count, the method's default model
+    # named, the data path (relative when started) absolute
     default_model = {"byol": "unet3d", "dino": "vit3d", "inpainting": "unet3d"}[method]
-    resumed = selma3d("pretrain", "--method", method, "--out", "run", "--resume", "--num-workers", "1",
-                      "--model", default_model, "--data", os.path.relpath(data, tmp_path), "--no-progress",
-                      cwd=tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    resumed = selma3d("pretrain", "--method", method, "--out", "../run", "--resume", "--num-workers", "1",
+                      "--model", default_model, "--data", data, "--no-progress", cwd=tmp_path / "elsewhere")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_pretraining(whole, run, method)
 
