@@ -315,3 +315,60 @@ def test_finetune_crops_do_not_depend_on_workers_or_the_resume_step(tiny_dataset
     assert all(torch.equal(x, y) for x, y in zip(single, batches(2, 0, 5)))
     assert all(torch.equal(x, y) for x, y in zip(single[3:], batches(2, 3, 2)))
     assert not torch.equal(single[0], single[2])  # a second pass over the patches is reshuffled/augmented anew
+
+
+# ---------------------------------------------------------------------------------- study
+
+@pytest.mark.slow
+def test_study_killed_twice_finishes_with_identical_results(tiny_dataset, tmp_path):
+    """``selma3d study`` killed (1) right after its pretraining's last checkpoint, before
+    encoder.pt, and (2) in its second arm, once the first arm's result is written; the rerun
+    keeps the finished arm and gives the results of the study that was never interrupted."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from selma3d.cli import app_typer
+    from selma3d.study.plan import StudyPlan
+
+    data = Path(tiny_dataset).resolve()
+    settings = ["--data", data, "--preset", "tiny", "--methods", "byol", "--modes", "full", "--labels", "all",
+                "--seeds", "0", "--structures", "cfos", "--steps", "3", "--pretrain-steps", "2", "--quiet"]
+    whole = tmp_path / "whole"
+    result = CliRunner().invoke(app_typer, ["study", "--out", str(whole), *map(str, settings)])
+    assert result.exit_code == 0, result.output
+
+    study = tmp_path / "study"
+    first = selma3d("study", "--out", study, *settings, cwd=tmp_path, kill_after=2)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert (study / "pretrain" / "byol" / "checkpoints" / "last.ckpt").is_file()
+    assert not (study / "pretrain" / "byol" / "encoder.pt").exists()
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop(KILL_ENV, None)
+    process = subprocess.Popen([sys.executable, "-m", "selma3d", "study", "--out", str(study), *map(str, settings)],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    arms = [f"{a.key}.json" for a in StudyPlan.from_preset(str(data), str(study), "tiny", methods=["byol"],
+                                                           modes=["full"], labels=[None], seeds=[0],
+                                                           structures=["cfos"]).arms()]
+    assert len(arms) == 2 and sorted(arms) == sorted(p.name for p in (whole / "arms").glob("*.json")
+                                                     if p.name != "otsu.json")
+    first_arm = study / "arms" / arms[0]
+    deadline = time.monotonic() + 600
+    while not first_arm.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (study / "results.json").exists()  # killed in the middle, not after the end
+    assert [p.name for p in (study / "arms").glob("*.json") if p.name != "otsu.json"] == arms[:1]
+
+    last = selma3d("study", "--out", study, *settings, cwd=tmp_path)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "1 arms run now, 1 found finished" in last.stdout + last.stderr
+    for name in ("results.json", "results.csv"):
+        assert (study / name).read_text() == (whole / name).read_text(), name
+    for name in arms:  # every arm record but its wall and CPU times
+        first_record, second_record = (json.loads((d / "arms" / name).read_text()) for d in (whole, study))
+        assert differences({**first_record, "seconds": 0}, {**second_record, "seconds": 0}, name) == []
+    assert differences(load(whole / "pretrain" / "byol" / "encoder.pt"),
+                       load(study / "pretrain" / "byol" / "encoder.pt"), "encoder.pt") == []
