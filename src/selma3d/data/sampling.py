@@ -9,12 +9,14 @@ normalized with percentiles estimated once per volume from a bounded subsample. 
 balanced: draw a structure uniformly, then one of its volumes.
 
 :class:`PatchDataset` is an endless ``torch`` IterableDataset: each DataLoader worker opens the
-volumes itself and draws from its own random stream, distinct per worker, per DDP rank and per
-resumed step.
+volumes itself; every patch is drawn from a random stream of its own, seeded by (seed, DDP rank,
+global sample index), so a training step sees the same patches whatever the number of workers
+and wherever a run was killed and resumed.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,6 +31,14 @@ from .normalize import DEFAULT_NORMALIZATION, Normalization, normalize
 DEFAULT_FG_THRESHOLD = 500.0
 DEFAULT_FG_FRACTION = 0.1
 DEFAULT_MAX_TRIES = 20
+#: stream tag of the per-sample generators (keeps them apart from other seeded streams)
+SAMPLE_STREAM = 0x5A3
+
+
+def sample_seed(seed: int, rank: int, index: int) -> list[int]:
+    """Entropy of global sample ``index`` on DDP rank ``rank``, for ``np.random.default_rng``:
+    a sample depends on these alone, never on the worker that drew it or on earlier draws."""
+    return [int(seed), SAMPLE_STREAM, int(rank), int(index)]
 
 
 @dataclass(frozen=True)
@@ -241,18 +251,25 @@ class PatchDataset(_IterableDataset):
     """Endless stream of patch dicts ``{"image": float32 tensor (1, D, H, W), "structure": int,
     "volume": str}`` for a torch DataLoader with any number of workers.
 
-    Each worker builds its own :class:`PatchSampler` (and so opens the volumes itself); its
-    random stream is seeded by (seed, rank, worker, start_step), so workers and DDP ranks draw
-    different patches and a resumed run does not replay the patches it already saw.
+    Each worker builds its own :class:`PatchSampler` (and so opens the volumes itself). Patch
+    ``position`` of training step ``step`` (global index ``step * batch_size + position``) is
+    drawn from a generator seeded by (seed, rank, index) alone: a DataLoader with ``batch_size``
+    and ``W`` workers takes batch ``k`` from worker ``k mod W`` (its in-order round robin), so
+    worker ``w`` makes the batches of steps ``start_step + w``, ``start_step + w + W``, ...
+    Workers and DDP ranks draw different patches, and a run resumed at ``start_step`` sees
+    exactly the patches the uninterrupted run saw. ``batch_size`` must be the DataLoader's.
     """
 
     def __init__(self, sources: Sequence[VolumeSource], patch_size: int | Sequence[int] = 32, *,
-                 seed: int = 0, start_step: int = 0, rank: int | None = None,
+                 seed: int = 0, start_step: int = 0, rank: int | None = None, batch_size: int = 1,
                  opener: Callable[[str], Any] | None = None, **sampler_options):
         self.sources = list(sources)
         self.patch_size = _as_triple(patch_size)
         self.seed = int(seed)
         self.start_step = int(start_step)
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
         self.rank = rank
         self.opener = opener
         self.sampler_options = sampler_options
@@ -277,20 +294,21 @@ class PatchDataset(_IterableDataset):
             self.percentiles.update(sampler.percentiles)
         return dict(self.percentiles)
 
-    def stream_seed(self) -> list[int]:
-        from torch.utils.data import get_worker_info
-
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        rank = self.rank if self.rank is not None else _distributed_rank()[0]
-        return [self.seed, int(rank), int(worker), self.start_step]
+    def sample_indices(self, worker: int = 0, workers: int = 1):
+        """The global sample indices this worker draws, in order (endless)."""
+        for local_batch in itertools.count():
+            step = self.start_step + worker + local_batch * workers
+            yield from range(step * self.batch_size, (step + 1) * self.batch_size)
 
     def __iter__(self):
         import torch
+        from torch.utils.data import get_worker_info
 
-        rng = np.random.default_rng(self.stream_seed())
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rank = int(self.rank if self.rank is not None else _distributed_rank()[0])
         sampler = self.make_sampler()
-        while True:
-            item = sampler.sample(rng)
+        for index in self.sample_indices(worker, workers):
+            item = sampler.sample(np.random.default_rng(sample_seed(self.seed, rank, index)))
             yield {"image": torch.from_numpy(item["image"]), "structure": item["structure"],
                    "volume": item["volume"]}

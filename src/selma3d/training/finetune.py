@@ -7,7 +7,12 @@
   the training arguments, the best step and score, library versions;
 * ``curves.csv`` / ``curves.png``: training loss, learning rate and validation metrics per step;
 * ``checkpoints/last.ckpt``: the full training state (weights, optimizer, scheduler, step,
-  curves, best score) written atomically every ``checkpoint_every`` steps, for ``--resume``.
+  curves with the validation values, best score and step, RNG states) written atomically every
+  ``checkpoint_every`` steps, once that step's validation is done, for ``--resume``.
+
+A run killed (even ``kill -9``) and resumed ends bit-identical to the uninterrupted one: the
+crops of a step depend on (seed, step) only (:class:`~selma3d.training.finetune_data.IndexedCrops`)
+and so does every other random draw of the step (:mod:`selma3d.training.determinism`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import os
 import platform
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +37,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from .. import __version__
 from ..errors import InputError, Selma3dError
 from ..inference.predict import MODEL_FILE, RUN_FILE, save_model_file, sliding_window_probabilities
+from .determinism import kill_point, rng_state, seed_step, set_rng_state
 from .finetune_data import FinetuneDataModule
 
 CHECKPOINT_DIR = "checkpoints"
@@ -179,7 +185,7 @@ class SegmentationModule(pl.LightningModule):
                  weight_decay: float = 1e-5, warmup_steps: int = 0, max_steps: int = 1000,
                  freeze_encoder: bool = False, patch_size: Sequence[int] = (64, 64, 64),
                  threshold: float = 0.5, overlap: float = 0.5, schedule: str = "constant",
-                 encoder_lr_scale: float = 0.1, decoder_warmup_steps: int = 0):
+                 encoder_lr_scale: float = 0.1, decoder_warmup_steps: int = 0, seed: int = 0):
         super().__init__()
         from .losses import build_loss
 
@@ -193,6 +199,7 @@ class SegmentationModule(pl.LightningModule):
         self.decoder_warmup_steps = int(decoder_warmup_steps) if self.schedule == "sawtooth" else 0
         self.patch_size = tuple(int(p) for p in patch_size)
         self.threshold, self.overlap = threshold, overlap
+        self.seed = int(seed)
         self._val_rows: list[dict] = []
         if freeze_encoder:
             self.model.encoder.requires_grad_(False)
@@ -213,6 +220,9 @@ class SegmentationModule(pl.LightningModule):
         return step < self.decoder_warmup_steps
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Random draws of the step (dropout, ...) depend on (seed, step) only: a resumed run repeats
+        # the uninterrupted one exactly.
+        seed_step(self.seed, self.global_step, self.global_rank)
         # Derived from the global step alone, so a resumed run is in the same phase.
         if self.schedule == "sawtooth":
             self.model.encoder.requires_grad_(not self.encoder_is_warming(self.global_step))
@@ -240,6 +250,12 @@ class SegmentationModule(pl.LightningModule):
         summary = summarize_validation(self._val_rows)
         for key, value in summary.items():
             self.log(key, value, prog_bar=key == "val_dice", batch_size=1, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        set_rng_state(checkpoint.get("rng_state"))
 
     def configure_optimizers(self):
         decoder_factor = lambda step: warmup_cosine(step, self.warmup_steps, self.max_steps)  # noqa: E731
@@ -298,6 +314,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.partial")
         torch.save(checkpoint, tmp)
         os.replace(tmp, path)
+
+
+class StepCheckpoint(pl.Callback):
+    """``checkpoints/last.ckpt`` every ``every`` steps, once the step is complete.
+
+    A step that validates is saved when its validation ends, so the checkpoint holds the
+    validation values, the best score and ``model.pt``'s step (Lightning resumes such a
+    checkpoint without validating again); other steps are saved when their batch ends.
+    Lightning's own step checkpoint is written before the validation of its step, and a resume
+    skipped that validation, losing its values. ``validates(step)`` says whether ``step``
+    validates (the trainer's ``val_check_interval``).
+    """
+
+    def __init__(self, path: Path, every: int, validates=lambda step: False):
+        self.path = Path(path)
+        self.every = int(every)
+        self.validates = validates
+        self.last_saved = -1
+
+    def save(self, trainer) -> None:
+        step = int(trainer.global_step)
+        if step % self.every or step == self.last_saved:
+            return
+        trainer.save_checkpoint(self.path)  # atomic (AtomicCheckpointIO)
+        self.last_saved = step
+        kill_point(step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.validates(int(trainer.global_step)):
+            self.save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # not the final trainer.validate()
+            self.save(trainer)
 
 
 class CurvesWriter(pl.Callback):
@@ -554,6 +604,9 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
         raise InputError(f"--resume: {out} holds no checkpoint to resume ({CHECKPOINT_DIR}/{LAST_CHECKPOINT} missing)")
     if not resume and ((out / MODEL_FILE).exists() or last.exists()):
         raise InputError(f"{out} already holds a finetuning run; use --resume to continue it or choose another --out")
+    if not resume:  # saved absolute, so a resume from another working directory reads the same files
+        config = replace(config, data=str(Path(config.data).expanduser().resolve()),
+                         pretrained=str(Path(config.pretrained).expanduser().resolve()) if config.pretrained else None)
     out.mkdir(parents=True, exist_ok=True)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -577,27 +630,30 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
                                 freeze_encoder=config.freeze_encoder, patch_size=config.patch_size,
                                 threshold=config.threshold or DEFAULT_THRESHOLD, overlap=config.overlap,
                                 schedule=config.resolved_schedule, encoder_lr_scale=config.encoder_lr_scale,
-                                decoder_warmup_steps=int(config.decoder_warmup_fraction * config.max_steps))
+                                decoder_warmup_steps=int(config.decoder_warmup_fraction * config.max_steps),
+                                seed=config.seed)
+    if resume:  # the crops continue where the checkpoint stopped
+        from .pretrain import checkpoint_step
+
+        data.start_step = checkpoint_step(last)
     info = run_info(config, model, data, status="training")
     write_json(out / RUN_FILE, info)
-
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
     extra = {"patch_size": list(config.patch_size), "threshold": config.threshold or DEFAULT_THRESHOLD}
     keeper = BestModelKeeper(out, extra)
     curves = CurvesWriter(out, log_every=max(1, min(10, config.max_steps // 50 or 1)))
-    periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=config.checkpoint_every,
-                               save_top_k=1, monitor=None, enable_version_counter=False,
-                               save_on_train_epoch_end=False)
     has_val = bool(data.val_cases)
+    periodic = StepCheckpoint(last, config.checkpoint_every,
+                              validates=lambda step: has_val and step % config.validate_every == 0)
     data.keep_labels(config.labels)  # the label budget, before fit builds the loaders (run.json lists it at the end)
     with _quiet_lightning(config.progress):
         trainer = pl.Trainer(
             max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
-            precision=config.precision, logger=False, callbacks=[periodic, keeper, curves],
+            precision=config.precision, logger=False, callbacks=[keeper, curves, periodic],  # periodic last: it saves their state
             plugins=[AtomicCheckpointIO()], check_val_every_n_epoch=None,
             val_check_interval=config.validate_every if has_val else None,
             limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0,
+            enable_checkpointing=False,  # StepCheckpoint writes last.ckpt
             enable_progress_bar=config.progress, enable_model_summary=False, log_every_n_steps=1,
             default_root_dir=str(out),
         )

@@ -6,10 +6,16 @@ floor, DESIGN.md) and kept in memory: SELMA3D has a handful of small patches, an
 every step would cost more than the network on a CPU. Training draws foreground-balanced random
 crops with MONAI augmentations (``selma3d.training.augment``); validation sees whole held-out
 patches (sliding-window inference in the Lightning module).
+
+Training crop number ``g`` (crop ``i`` of step ``s`` is ``g = s * batch_size + i``) is a pure
+function of (seed, g): which patch (a seeded shuffle per pass over the patches) and every
+augmentation draw (the pipeline reseeded from (seed, g)). So a run killed and resumed at step
+``s`` sees exactly the crops the uninterrupted run saw, with any number of loader workers.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import zlib
@@ -123,6 +129,57 @@ def select_labels(cases: Sequence, labels: int | None, seed: int = 0) -> list:
     return chosen
 
 
+#: stream tags of the crop order and of the per-crop augmentation seeds
+ORDER_STREAM = 0x0D3
+CROP_STREAM = 0xC40
+
+
+class IndexedCrops(torch.utils.data.Dataset):
+    """Augmented training crop ``g`` for any ``g >= 0``: a function of (seed, g) alone.
+
+    Passes of ``per_pass`` crops (every patch repeated to fill ``samples_per_pass``) are
+    shuffled by a generator seeded by (seed, pass); the augmentation pipeline is reseeded from
+    (seed, g) before each crop (MONAI's ``set_random_state``), so neither the worker that makes
+    a crop nor the crops made before it matter.
+    """
+
+    def __init__(self, samples: Sequence[dict], transform, seed: int = 0, samples_per_pass: int = 64):
+        if not samples:
+            raise InputError("no training patches")
+        self.samples = list(samples)
+        self.transform = transform
+        self.seed = int(seed)
+        self.per_pass = len(self.samples) * max(1, math.ceil(samples_per_pass / len(self.samples)))
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def order(self, which: int) -> np.ndarray:
+        """The shuffled crop order of pass ``which`` (cached: consecutive crops share it)."""
+        if self._order is None or self._order[0] != which:
+            rng = np.random.default_rng([self.seed, ORDER_STREAM, which])
+            self._order = (which, rng.permutation(self.per_pass))
+        return self._order[1]
+
+    def __getitem__(self, g: int) -> dict:
+        from monai.transforms import apply_transform
+
+        which, position = divmod(int(g), self.per_pass)
+        sample = self.samples[int(self.order(which)[position]) % len(self.samples)]
+        crop_seed = np.random.SeedSequence([self.seed, CROP_STREAM, int(g)]).generate_state(1)[0]
+        self.transform.set_random_state(seed=int(crop_seed))
+        return apply_transform(self.transform, sample)
+
+
+class CropIndices(torch.utils.data.Sampler):
+    """The endless crop indices ``start, start + 1, ...`` (no length: Lightning runs one
+    endless epoch until ``max_steps``)."""
+
+    def __init__(self, start: int = 0):
+        self.start = int(start)
+
+    def __iter__(self):
+        return itertools.count(self.start)
+
+
 def _as_sample(case: PatchCase) -> dict:
     return {"image": case.image[None], "label": case.label[None], "structure": case.structure,
             "type": case.type, "name": case.name}
@@ -147,6 +204,8 @@ class FinetuneDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.samples_per_epoch = int(samples_per_epoch)
         self.augment_options = dict(augment_options or {})
+        #: training steps already done (a resumed run starts its crops there)
+        self.start_step = 0
         self.train_cases: list[PatchCase] = []
         self.val_cases: list[PatchCase] = []
         self._train_samples: list[dict] | None = None
@@ -205,20 +264,17 @@ class FinetuneDataModule(pl.LightningDataModule):
             self._train_samples = samples
         return self._train_samples
 
-    def train_dataset(self):
-        from monai.data import Dataset
-
-        samples = self.train_samples()
-        repeats = max(1, math.ceil(self.samples_per_epoch / max(1, len(samples))))
-        return Dataset(samples * repeats, transform=self.train_transform())
+    def train_dataset(self) -> IndexedCrops:
+        return IndexedCrops(self.train_samples(), self.train_transform(), self.seed, self.samples_per_epoch)
 
     def train_dataloader(self):
+        """Batches of crops ``start_step * batch_size`` onwards, endless and in order, so batch
+        ``k`` holds the crops of step ``start_step + k`` whichever worker made it."""
         from monai.data import DataLoader
 
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=True, drop_last=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          generator=generator)
+        return DataLoader(self.train_dataset(), batch_size=self.batch_size,
+                          sampler=CropIndices(self.start_step * self.batch_size),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
         from torch.utils.data import DataLoader

@@ -5,14 +5,20 @@
 AdamW and a linear-warmup + cosine learning-rate schedule, and writes into the run folder:
 
 - ``config.json``: every option (a resumed run reuses it),
-- ``checkpoints/last.ckpt``: full state (weights, EMA targets, optimizer, schedule, step, loss
-  history), written atomically every ``checkpoint_every`` steps and at the end,
+- ``checkpoints/last.ckpt``: full state (weights, EMA targets/teacher, method buffers such as
+  DINO's centers, optimizer, schedule, step, loss and health history, RNG states), written
+  atomically every ``checkpoint_every`` steps and at the end,
 - ``loss.csv`` / ``loss.png``: the loss curve (every logged term),
 - ``encoder.pt``: the encoder checkpoint (:func:`selma3d.models.save_encoder`) naming the model,
   its options, the method and the normalization, so finetuning needs no further flags,
 - ``health.csv`` / ``health.png``: SSL health every ``health_every`` steps (embedding spread,
   effective rank, linear-probe Dice; :mod:`selma3d.training.ssl_health`),
 - ``summary.json``: steps, final loss and the health verdict (``"collapsed"`` and its step).
+
+A run killed (even ``kill -9``) and continued with ``resume=True`` ends bit-identical to the
+uninterrupted run: the randomness of step ``s`` depends on (seed, rank, s) only
+(:mod:`selma3d.training.determinism`, and the sampler's per-sample seeds), whatever the number
+of loader workers.
 
 Multi-GPU and multi-node training go through Lightning DDP (``devices``, ``num_nodes``,
 ``strategy="ddp"``; on CPU the gloo backend).
@@ -24,7 +30,7 @@ import csv
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -32,6 +38,7 @@ import torch
 
 from ..data.normalize import DEFAULT_NORMALIZATION
 from ..errors import Selma3dError
+from .determinism import kill_point, rng_state, seed_step, set_rng_state
 
 CHECKPOINT_NAME = "last.ckpt"
 CONFIG_NAME = "config.json"
@@ -153,6 +160,11 @@ class PretrainModule(pl.LightningModule):
         if self.dataset is not None:
             self.dataset.rank = self.global_rank
 
+    def on_train_batch_start(self, batch, batch_idx):
+        # Views, masks and dropout of this step depend on (seed, rank, step) only, so a resumed
+        # run repeats the uninterrupted one exactly.
+        seed_step(self.config.seed, self.global_step, self.global_rank)
+
     def training_step(self, batch, batch_idx):
         loss, logs = self.method.training_loss(batch)
         if not torch.isfinite(loss):
@@ -183,9 +195,11 @@ class PretrainModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["loss_history"] = self.history
+        checkpoint["rng_state"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("loss_history", []))
+        set_rng_state(checkpoint.get("rng_state"))
 
     def save_encoder(self) -> Path:
         from ..models import save_encoder
@@ -216,6 +230,7 @@ class AtomicCheckpoint(pl.Callback):
             os.replace(tmp, final)
             write_loss_curve(module.history, self.run_dir)
         self.last_saved = trainer.global_step
+        kill_point(trainer.global_step)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if trainer.global_step % self.every == 0:
@@ -246,10 +261,16 @@ def checkpoint_step(path: Path) -> int:
     return int(state.get("global_step", 0))
 
 
-def _same_setting(name: str, saved, given) -> bool:
-    """Whether a resumed run's option equals the saved one (as JSON; paths resolved)."""
+def _same_setting(name: str, saved, given, method: str | None = None) -> bool:
+    """Whether a resumed run's option equals the saved one (as JSON; paths resolved to absolute
+    ones; a model left to the method's default equals that default named explicitly)."""
     if name == "data":
-        return Path(str(saved)).resolve() == Path(str(given)).resolve()
+        return Path(str(saved)).expanduser().resolve() == Path(str(given)).expanduser().resolve()
+    if name == "model" and method:
+        from ..ssl.base import method_class
+
+        default = method_class(method).default_model
+        saved, given = saved or default, given or default
     return json.loads(json.dumps(saved, default=str)) == json.loads(json.dumps(given, default=str))
 
 
@@ -266,7 +287,8 @@ def _resume_config(config: PretrainConfig, given: set[str]) -> PretrainConfig:
     saved["out"] = config.out
     saved["patch_size"] = tuple(saved["patch_size"])
     changed = [name for name in sorted(given - set(RUNTIME_OPTIONS) - {"out", "method", "progress"})
-               if name in saved and not _same_setting(name, saved[name], getattr(config, name))]
+               if name in saved and not _same_setting(name, saved[name], getattr(config, name),
+                                                      saved.get("method"))]
     if changed:
         raise Selma3dError(
             f"{config.out}: --resume cannot change " + "; ".join(
@@ -325,14 +347,18 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     elif ckpt.is_file():
         raise Selma3dError(f"{run_dir} already holds a pretraining checkpoint; pass --resume to "
                            "continue it or choose another --out")
+    else:
+        # saved absolute, so a resume from another working directory reads the same dataset
+        config = replace(config, data=str(Path(config.data).expanduser().resolve()))
     config.validate()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
 
-    pl.seed_everything(config.seed + start_step, workers=True, verbose=False)
+    # the initial weights (a resume overwrites them with the checkpoint's)
+    pl.seed_everything(config.seed, workers=True, verbose=False)
     sources = volumes_from_dataset(config.data, config.structures)
     dataset = PatchDataset(sources, config.patch_size, seed=config.seed, start_step=start_step,
-                           downsample_xy=config.downsample_xy, fg_threshold=config.fg_threshold,
+                           batch_size=config.batch_size, downsample_xy=config.downsample_xy, fg_threshold=config.fg_threshold,
                            fg_fraction=config.fg_fraction, normalization=DEFAULT_NORMALIZATION)
     percentiles = dataset.prepare()
     structures = dataset.structures
