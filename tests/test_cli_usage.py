@@ -86,3 +86,16 @@ def test_cli_smoke_run(tmp_path):
     reported = run("report", tmp_path / "m.json", "--out", tmp_path / "report")
     assert reported.returncode == 0, reported.stderr
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_a_genuine_bug_keeps_its_own_traceback(monkeypatch):
+    """An unexpected exception is re-raised as itself: the usage-error filter must not replace it
+    with an error of its own (typer 0.29's vendored click has no ``Abort``)."""
+    import selma3d.cli as cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "app_typer", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.app()

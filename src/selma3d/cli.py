@@ -65,7 +65,8 @@ def app() -> None:
                     exc.ctx = _command_context()  # some parser errors come without one: no usage line
                 exc.show()
                 sys.exit(exc.exit_code)
-            if isinstance(exc, module.Abort):
+            abort = getattr(module, "Abort", None)  # typer._click (0.29) has none
+            if abort is not None and isinstance(exc, abort):
                 typer.echo("aborted", err=True)
                 sys.exit(1)
         raise
