@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "report",
     "demo",
     "study",
+    "dataset",
 )
 
 for _name in COMMAND_MODULES:

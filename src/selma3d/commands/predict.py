@@ -9,8 +9,12 @@ import typer
 
 
 def is_whole_volume(path: Path) -> bool:
-    """A .zarr store or a folder of TIFF slices (and no NIfTI files): segmented block by block."""
-    if str(path).rstrip("/").endswith(".zarr"):
+    """A Zarr store (or one level of it), a multi-page TIFF file or a folder of TIFF slices (and no
+    NIfTI files): segmented block by block."""
+    from ..io.tiffvolume import is_tiff_file
+    from ..io.volume import is_zarr
+
+    if is_zarr(path) or is_tiff_file(path):
         return True
     return path.is_dir() and any(path.glob("*.tif*")) and not any(path.glob("*.nii*"))
 
@@ -18,7 +22,8 @@ def is_whole_volume(path: Path) -> bool:
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
-        input: Path = typer.Argument(..., help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder or a .zarr volume."),
+        input: Path = typer.Argument(..., help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder, a "
+                                     "multi-page TIFF/OME-TIFF file or an OME-Zarr volume (DIR.zarr/1: one level)."),
         output: Path = typer.Argument(..., help="Output NIfTI file (for one input) or folder; for a whole volume an OUT.zarr mask or a TIFF slice folder."),
         model: List[Path] = typer.Option(..., "--model", help="Run folder of `selma3d finetune`; give one spot "
                                          "and one tree run together with --router."),
