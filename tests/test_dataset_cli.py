@@ -353,3 +353,35 @@ def test_init_on_a_hand_made_layout_lists_its_structures(tmp_path, monkeypatch, 
     assert meta["splits"] == {"train": {"neuron": ["n1"]}}
     code, out, err = f.cli("dataset", "check", tmp_path / "D")
     assert code == 1 and "'neuron' has no type" in out
+
+
+# ------------------------------------------------------------- other commands read the new inputs
+
+def test_convert_takes_the_file_spacing_and_a_level(tmp_path, monkeypatch, capsys):
+    from selma3d.io.volume import open_volume, volume_spacing
+
+    f = Files(tmp_path, monkeypatch, capsys)
+    stack = f.stack(spacing=(3.0, 0.5, 0.5))
+    code, out, err = f.cli("convert", stack, tmp_path / "a.zarr")
+    assert code == 0, err
+    assert volume_spacing(tmp_path / "a.zarr") == (3.0, 0.5, 0.5)
+    np.testing.assert_array_equal(open_volume(tmp_path / "a.zarr")[:], f.image)
+    store = write_foreign_ome_zarr(tmp_path / "z.ome.zarr", f.image, spacing_zyx=(2.0, 1.0, 1.0))
+    code, out, err = f.cli("convert", store, tmp_path / "b.zarr", "--level", "1")
+    assert code == 0, err
+    np.testing.assert_array_equal(open_volume(tmp_path / "b.zarr")[:], f.image[::2, ::2, ::2])
+    assert volume_spacing(tmp_path / "b.zarr") == (4.0, 2.0, 2.0)
+
+
+def test_predict_a_level_of_a_foreign_ome_zarr(tmp_path, monkeypatch, capsys, tiny_run):
+    from selma3d.io.volume import open_volume, volume_spacing
+
+    f = Files(tmp_path, monkeypatch, capsys)
+    image = np.tile(f.image, (2, 2, 2))
+    store = write_foreign_ome_zarr(tmp_path / "z.ome.zarr", image, spacing_zyx=(2.0, 1.0, 1.0))
+    code, out, err = f.cli("predict", "--model", tiny_run, store, store / "mask.zarr", "--level", "1", "--quiet")
+    assert code == 1 and "inside the input" in err and not (store / "mask.zarr").exists()
+    code, out, err = f.cli("predict", "--model", tiny_run, store, tmp_path / "mask.zarr", "--level", "1", "--quiet")
+    assert code == 0, err
+    assert open_volume(tmp_path / "mask.zarr").shape == (16, 32, 32)
+    assert volume_spacing(tmp_path / "mask.zarr") == (4.0, 2.0, 2.0)
