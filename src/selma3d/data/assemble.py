@@ -194,7 +194,7 @@ def add_volume(root: str | os.PathLike, structure: str, source: str | os.PathLik
     pretraining reads fastest). ``level`` picks a resolution level of an OME-Zarr or pyramidal
     TIFF. Returns the ``volumes`` entry recorded in ``dataset.json``."""
     from ..io.volume import is_zarr, open_volume, volume_spacing
-    from ..io.zarrstore import PROGRESS_FILE, convert_to_zarr, zarr_level_path
+    from ..io.zarrstore import PROGRESS_FILE, zarr_level_path
     from ..paths import check_output
 
     root, source = Path(root), Path(source)
@@ -320,7 +320,7 @@ def add_patch(root: str | os.PathLike, structure: str, image: str | os.PathLike,
     """Copy an annotated crop into ``annotated/<split>/<structure>/<case>_img.nii.gz`` and
     ``<case>_label.nii.gz``, each with the affine and header it was read with (DESIGN.md: never
     reoriented). The label is stored as uint8 0/1. Returns the two written paths."""
-    from ..io.nifti import grid_difference, read_nifti, write_nifti
+    from ..io.nifti import grid_difference, read_nifti
     from ..paths import check_output
 
     root, image, label = Path(root), Path(image), Path(label)
