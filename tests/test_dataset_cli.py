@@ -118,6 +118,9 @@ CASES = [
     Case("volume-name-taken", lambda f: _vol(f, _second_stack(f)), ("'stack'", "already in the dataset", "--name")),
     Case("volume-tiff-level-link", lambda f: _vol(f, f.stack("b.ome.tif"), "--level", "1"),
          ("b.ome.tif", "level 1 does not exist")),
+    Case("volume-tiff-pyramid-level-link", lambda f: _vol(f, _pyramid(f), "--level", "1", "--type", "tree",
+                                                          structure="axon2"), ("pyr.ome.tif", "cannot be linked",
+                                                                               "--convert")),
     Case("volume-zarr-level-missing", lambda f: _vol(f, write_foreign_ome_zarr(f.tmp / "z.ome.zarr", f.image),
                                                      "--level", "4"), ("z.ome.zarr", "level 4 does not exist")),
     Case("volume-zarr-level-other-spacing", lambda f: _vol(f, write_foreign_ome_zarr(f.tmp / "z.ome.zarr", f.image),
@@ -179,6 +182,15 @@ def _broken_zarr(f) -> Path:
                                                                             "translation": [0, 0, 0, 0]}]
     (store / ".zattrs").write_text(json.dumps(attrs))
     return store
+
+
+def _pyramid(f) -> Path:
+    path = f.tmp / "pyr.ome.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(f.image, subifds=1, metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 1.0,
+                                                "PhysicalSizeX": 1.0})
+        tif.write(f.image[:, ::2, ::2], subfiletype=1)
+    return path
 
 
 def _second_stack(f) -> Path:
@@ -385,3 +397,16 @@ def test_predict_a_level_of_a_foreign_ome_zarr(tmp_path, monkeypatch, capsys, ti
     assert code == 0, err
     assert open_volume(tmp_path / "mask.zarr").shape == (16, 32, 32)
     assert volume_spacing(tmp_path / "mask.zarr") == (4.0, 2.0, 2.0)
+
+
+def test_a_tiff_pyramid_level_is_converted(tmp_path, monkeypatch, capsys):
+    from selma3d.io.volume import open_volume, volume_spacing
+
+    f = Files(tmp_path, monkeypatch, capsys)
+    data = f.dataset(with_volume=False)
+    code, out, err = f.cli("dataset", "add-volume", data, "axon", _pyramid(f), "--level", "1", "--convert",
+                           "--type", "tree", "--quiet")
+    assert code == 0, err
+    store = data / "unannotated" / "axon" / "pyr.zarr"
+    np.testing.assert_array_equal(open_volume(store)[:], f.image[:, ::2, ::2])
+    assert volume_spacing(store) == (2.0, 2.0, 2.0)
