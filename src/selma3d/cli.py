@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "demo",
     "study",
     "stats",
+    "dataset",
 )
 
 for _name in COMMAND_MODULES:

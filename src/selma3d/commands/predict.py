@@ -9,8 +9,12 @@ import typer
 
 
 def is_whole_volume(path: Path) -> bool:
-    """A .zarr store or a folder of TIFF slices (and no NIfTI files): segmented block by block."""
-    if str(path).rstrip("/").endswith(".zarr"):
+    """A Zarr store (or one level of it), a multi-page TIFF file or a folder of TIFF slices (and no
+    NIfTI files): segmented block by block."""
+    from ..io.tiffvolume import is_tiff_file
+    from ..io.volume import is_zarr
+
+    if is_zarr(path) or is_tiff_file(path):
         return True
     return path.is_dir() and any(path.glob("*.tif*")) and not any(path.glob("*.nii*"))
 
@@ -18,7 +22,8 @@ def is_whole_volume(path: Path) -> bool:
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
-        input: Path = typer.Argument(..., help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder or a .zarr volume."),
+        input: Path = typer.Argument(..., help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder, a "
+                                     "multi-page TIFF/OME-TIFF file or an OME-Zarr volume (DIR.zarr/1: one level)."),
         output: Path = typer.Argument(..., help="Output NIfTI file (for one input) or folder; for a whole volume an OUT.zarr mask or a TIFF slice folder."),
         model: List[Path] = typer.Option(..., "--model", help="Run folder of `selma3d finetune`; give one spot "
                                          "and one tree run together with --router."),
@@ -42,6 +47,8 @@ def register(app: typer.Typer) -> None:
                                                         "dask.distributed scheduler for multi-machine runs."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Whole volumes: replace an earlier output "
                                        "(a killed run resumes without it)."),
+        level: int = typer.Option(0, "--level", help="Whole volumes: resolution level of an OME-Zarr input "
+                                  "(0: full resolution)."),
     ):
         """Segment NIfTI patches: sliding windows with Gaussian blending, threshold, small-component removal."""
         from ..inference.predict import predict_path
@@ -50,6 +57,16 @@ def register(app: typer.Typer) -> None:
         from .options import check_device
 
         check_input(input)
+        given = input
+        if level:
+            from ..errors import InputError
+            from ..io.volume import is_zarr
+            from ..io.zarrstore import zarr_level_path
+
+            if not is_zarr(input):
+                raise InputError(f"{input}: --level applies to OME-Zarr inputs; convert a TIFF pyramid level "
+                                 "first with `selma3d convert --level N`")
+            input = zarr_level_path(input, level)  # the level's own array: spacing and OME axes follow it
         for run in model:
             check_input(run, "dir", "--model run folder")
         if router is not None:
@@ -57,7 +74,7 @@ def register(app: typer.Typer) -> None:
         check_device(device)
         one_file = input.is_file() and str(output).endswith(NIFTI_SUFFIXES) and not is_whole_volume(input)
         # the run folders are inputs too, but masks written beside a model harm nothing
-        check_output(output, "file" if one_file else "dir", inputs=[input])
+        check_output(output, "file" if one_file else "dir", inputs=[given])
 
         if is_whole_volume(input):
             from ..errors import InputError

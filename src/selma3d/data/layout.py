@@ -1,6 +1,7 @@
 """The dataset layout on disk (DESIGN.md), discovered from ``dataset.json`` or the folders.
 
-    DATA/unannotated/<structure>/<volume>/slice_00000.tif ...
+    DATA/unannotated/<structure>/<volume>/slice_00000.tif ...   (or <volume>.zarr, <volume>.ome.tif,
+                                                                 a link to either: dataset add-volume)
     DATA/annotated/<split>/<structure>/<case>_img.nii.gz, <case>_label.nii.gz
     DATA/dataset.json
 
@@ -68,7 +69,29 @@ class AnnotatedCase:
 class UnannotatedVolume:
     structure: str
     name: str
-    path: Path  # a TIFF slice folder or a .zarr store
+    path: Path  # a TIFF slice folder, an OME-Zarr store, a multi-page TIFF or NIfTI file (or a link to one)
+
+
+#: file suffixes of single-file volumes under ``unannotated/<structure>/`` (longest first)
+VOLUME_FILE_SUFFIXES = (".ome.tiff", ".ome.tif", ".nii.gz", ".tiff", ".tif", ".nii")
+
+
+def volume_name(path: Path) -> str | None:
+    """The volume name of an entry of ``unannotated/<structure>/``, or ``None`` if it is not a
+    volume: folders (slice folders, Zarr stores) keep their name, files (multi-page TIFF, NIfTI)
+    lose their suffix; hidden entries (locks, partial writes) are skipped. A link whose target
+    is gone still counts, so reading it reports the broken link instead of the volume vanishing."""
+    if path.name.startswith("."):
+        return None
+    if path.is_dir():
+        return path.name
+    lowered = path.name.lower()
+    for suffix in VOLUME_FILE_SUFFIXES:
+        if lowered.endswith(suffix) and (path.is_file() or path.is_symlink()):
+            return path.name[: -len(suffix)]
+    if path.is_symlink() and not path.exists():
+        return path.name
+    return None
 
 
 @dataclass
@@ -129,8 +152,10 @@ class Dataset:
         for struct_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             if structures is not None and struct_dir.name not in structures:
                 continue
-            for vol in sorted(p for p in struct_dir.iterdir() if p.is_dir()):
-                volumes.append(UnannotatedVolume(struct_dir.name, vol.name, vol))
+            for vol in sorted(struct_dir.iterdir()):
+                name = volume_name(vol)
+                if name is not None:
+                    volumes.append(UnannotatedVolume(struct_dir.name, name, vol))
         return volumes
 
 

@@ -322,13 +322,9 @@ def _progress_bar(enabled: bool):
 # ---------------------------------------------------------------------------------- reading
 
 def _node_type(path: Path) -> str | None:
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return None
-    try:
-        return json.loads(meta.read_text()).get("node_type")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{meta}: unreadable Zarr metadata ({exc})") from None
+    from .ngff import node_type
+
+    return node_type(path)
 
 
 def _check_complete(store: Path) -> None:
@@ -338,58 +334,84 @@ def _check_complete(store: Path) -> None:
                          "with the same arguments to finish it")
 
 
-def _multiscale(group_path: Path) -> dict:
+def read_ome(group_path: Path):
+    """The validated OME-NGFF multiscale of an image group (:func:`selma3d.io.ngff.read_multiscale`);
+    a store this module is still converting is refused first."""
+    from .ngff import read_multiscale
+
     _check_complete(group_path)
-    attrs = zarr.open_group(str(group_path), mode="r").attrs.asdict()
-    multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
-    if not multiscales:
-        raise InputError(f"{group_path}: Zarr group without OME 'multiscales' metadata")
-    return multiscales[0]
+    return read_multiscale(group_path)
+
+
+def _open_array(path: Path):
+    try:
+        return zarr.open_array(str(path), mode="r")
+    except Exception as exc:
+        raise InputError(f"{path}: cannot open Zarr array ({type(exc).__name__}: {exc})") from None
 
 
 def open_zarr_volume(path: str | os.PathLike, level: int = 0):
-    """The ``level`` array of an OME-Zarr store, or the array at ``path`` if it is one level
-    (or any plain zarr array). Lazy: slicing reads only the chunks it touches."""
+    """Level ``level`` of an OME-Zarr image (zarr v3 / NGFF 0.5 or zarr v2 / NGFF 0.4, any writer),
+    or the array at ``path`` if it is one level (or any plain zarr array), as (z, y, x).
+
+    Lazy: slicing reads only the chunks it touches. Singleton non-space axes (one channel, one
+    time point) are dropped through :class:`~selma3d.io.axes.ZYXView`.
+    """
+    from .axes import ZYXView
+
     path = Path(path)
     kind = _node_type(path)
     if kind is None:
-        raise InputError(f"{path}: not a Zarr v3 store (no zarr.json)")
-    try:
-        if kind == "array":
-            if _node_type(path.parent) == "group":
-                _check_complete(path.parent)
-            array = zarr.open_array(str(path), mode="r")
-        else:
-            datasets = _multiscale(path)["datasets"]
-            if not 0 <= level < len(datasets):
-                raise InputError(f"{path}: has {len(datasets)} levels, level {level} does not exist")
-            array = zarr.open_array(str(path / datasets[level]["path"]), mode="r")
-    except Selma3dError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}: cannot open Zarr array ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: not a Zarr store (no zarr.json, .zarray or .zgroup)")
+    fixed = None
+    if kind == "array":
+        if level:
+            raise InputError(f"{path}: is a single Zarr array (one level); --level {level} needs the OME-Zarr "
+                             "group above it")
+        parent = path.resolve().parent
+        if _node_type(parent) == "group":
+            _check_complete(parent)
+            try:
+                ms = read_ome(parent)
+            except InputError:
+                ms = None  # a plain array inside some group: no OME axes to apply
+            if ms is not None and path.resolve().name in [lv.path for lv in ms.levels]:
+                array = _open_array(path)
+                fixed = ms.fixed_index(array.shape)
+        array = _open_array(path) if fixed is None else array
+    else:
+        ms = read_ome(path)
+        array = _open_array(ms.level_path(level))
+        fixed = ms.fixed_index(array.shape)
+    if fixed is not None and any(f is not None for f in fixed):
+        return ZYXView(array, fixed, path=path)
     if array.ndim != 3:
         raise InputError(f"{path}: expected a 3D (z, y, x) array, got shape {array.shape}")
     return array
 
 
+def zarr_level_path(path: str | os.PathLike, level: int) -> Path:
+    """The array folder of level ``level`` of the OME-Zarr image at ``path``."""
+    return read_ome(Path(path)).level_path(level)
+
+
 def zarr_spacing(path: str | os.PathLike, level: int | None = None) -> tuple[float, float, float] | None:
-    """Voxel spacing (z, y, x) from the OME scale transform of a store (level 0 by default) or of
-    the level ``path`` points at; ``None`` without OME metadata."""
+    """Voxel spacing (z, y, x) in micrometers from the OME scale of a store (level 0 by default) or
+    of the level ``path`` points at; ``None`` without OME metadata."""
     path = Path(path)
     if _node_type(path) == "array":
-        group, name = path.parent, path.name
+        group, name = path.resolve().parent, path.resolve().name
         if _node_type(group) != "group":
             return None  # a plain Zarr array: no OME metadata anywhere
     else:
         group, name = path, None
     try:
-        datasets = _multiscale(group)["datasets"]
+        ms = read_ome(group)
     except InputError:
+        return None  # no (valid) OME metadata: opening the volume says what is wrong
+    if name is not None:
+        for i, lv in enumerate(ms.levels):
+            if lv.path == name:
+                return ms.spacing(i)
         return None
-    for i, ds in enumerate(datasets):
-        if (name is not None and ds["path"] == name) or (name is None and i == (level or 0)):
-            for transform in ds.get("coordinateTransformations", []):
-                if transform.get("type") == "scale":
-                    return tuple(float(s) for s in transform["scale"])
-    return None
+    return ms.spacing(level or 0)
