@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "demo",
     "study",
     "stats",
+    "export",
 )
 
 for _name in COMMAND_MODULES:
