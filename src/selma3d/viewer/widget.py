@@ -65,7 +65,12 @@ def _level0(data) -> np.ndarray:
 
 
 class PredictWidget:
-    """Placeholder replaced below when Qt is importable (keeps this module importable without napari)."""
+    """Stands in for the Qt widget below when napari / Qt are not installed: says what is missing."""
+
+    def __init__(self, *args, **kwargs):
+        from ..errors import Selma3dError
+
+        raise Selma3dError("the selma3d napari widget needs napari and a Qt binding: pip install 'selma3d[napari]'")
 
 
 try:  # the widget needs napari's Qt; the functions above do not
