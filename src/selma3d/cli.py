@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "study",
     "stats",
     "dataset",
+    "export",
 )
 
 for _name in COMMAND_MODULES:

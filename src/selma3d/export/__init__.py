@@ -1,0 +1,1 @@
+"""Sharing models in other tools' formats (BioImage Model Zoo)."""
