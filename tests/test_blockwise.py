@@ -152,6 +152,35 @@ def test_blockwise_component_filter_equals_the_global_one(min_size):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("min_size", [3, 5])
+def test_component_filter_reads_its_margin_from_the_neighbours_rims(tmp_path, min_size):
+    """The filter pass reads only its own block of the raw mask; the margin comes from the
+    neighbours' rims, and the result is the global filter."""
+    from selma3d.inference.blockwise import RimStore, _MarginView
+
+    rng = np.random.default_rng(min_size)
+    mask = (rng.random((20, 40, 36)) < 0.22).astype(np.uint8)
+    block_size = (6, 7, 8)
+    rims = RimStore(str(tmp_path), min_size - 1)
+    for block in block_grid(mask.shape, block_size):
+        rims.put(block, mask[block.core])
+
+    class Counting:
+        shape, reads = mask.shape, []
+
+        def __getitem__(self, key):
+            Counting.reads.append(key)
+            return mask[key]
+
+    cores = [b.core for b in block_grid(mask.shape, block_size)]
+    got = np.zeros_like(mask)
+    for block in block_grid(mask.shape, block_size):
+        got[block.core] = filter_block(_MarginView(Counting(), rims, block_size), block, min_size)
+    np.testing.assert_array_equal(got, remove_small_components(mask, min_size))
+    # the raw array is read for whole cores only, never across a neighbour's chunk
+    assert all(key in cores for key in Counting.reads) and len(Counting.reads) <= len(cores)
+
+
 def test_whole_volume_mask_is_the_same_from_tiff_zarr_nifti_and_array(reference, volume, tiff_input, tmp_path):
     run, probs, threshold = reference
     expected = remove_small_components(probs > threshold, 5)
@@ -355,3 +384,15 @@ def test_a_reader_thread_reads_the_blocks_ahead(reference, volume, tmp_path):
     Recording.threads.clear()
     blockwise_probabilities(run, Recording(), tmp_path / "inline.zarr", scheduler="synchronous", prefetch=0)
     assert not any(name.startswith(READER_THREAD) for name in Recording.threads)
+
+
+def test_dask_distributed_workers_give_the_same_mask(reference, tiny_run, tiff_input, tmp_path):
+    """Blocks sent to a dask.distributed scheduler wait for their producers' futures and exchange
+    spill through the overlap store on disk: the mask is the one-pass mask."""
+    distributed = pytest.importorskip("distributed")
+
+    run, probs, threshold = reference
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        out = predict_whole_volume(str(tiny_run), tiff_input, tmp_path / "dist.zarr", threshold=threshold,
+                                   scheduler_address=cluster.scheduler_address, device="cpu", **OPTIONS)
+    np.testing.assert_array_equal(open_volume(out)[...], remove_small_components(probs > threshold, 5))

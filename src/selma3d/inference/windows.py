@@ -198,8 +198,11 @@ def blend(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
     total = None
     for s, c in zip(torch.from_numpy(sums), torch.from_numpy(counts)):
-        covered = c > 0
-        p = torch.sigmoid(s / torch.where(covered, c, torch.ones_like(c)))
-        p = torch.where(covered, p, torch.zeros_like(p))
-        total = p if total is None else total + p
+        if bool((c > 0).all()):  # the usual case: one division, as MONAI's ``output /= count``
+            p = torch.sigmoid(s / c)
+        else:
+            covered = c > 0
+            p = torch.sigmoid(s / torch.where(covered, c, torch.ones_like(c)))
+            p = torch.where(covered, p, torch.zeros_like(p))
+        total = p if total is None else total.add_(p)
     return (total / len(sums)).numpy()
