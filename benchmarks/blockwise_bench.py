@@ -1,7 +1,7 @@
 """Blockwise whole-volume prediction versus MONAI's sliding window on the in-memory volume, in one process.
 
-    .venv/bin/python benchmarks/blockwise_bench.py [--shape 144 288 288] [--patch 32 64 64]
-        [--overlap 0.25] [--blocks 128,256,256 64,128,128] [--features 4 8] [--threads 1]
+    .venv/bin/python benchmarks/blockwise_bench.py [--shape 160 288 288] [--patch 32 64 64]
+        [--overlap 0.25] [--blocks 128,256,256 64,128,128] [--features 2 4] [--threads 1]
         [--rss-shape 32 128 128] [--rss-block 32,64,64] [--repeats 1]
 
 Baseline: MONAI ``sliding_window_inference`` (``predict_probabilities``: Gaussian blending, the same
@@ -98,11 +98,11 @@ def rss_child(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=(144, 288, 288))
+    parser.add_argument("--shape", type=int, nargs=3, default=(160, 288, 288))
     parser.add_argument("--patch", type=int, nargs=3, default=(32, 64, 64))
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--blocks", nargs="+", default=["128,256,256", "64,128,128"])
-    parser.add_argument("--features", type=int, nargs="+", default=(4, 8))
+    parser.add_argument("--features", type=int, nargs="+", default=(2, 4))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (all runs)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--rss-shape", type=int, nargs=3, default=(32, 128, 128))

@@ -33,7 +33,8 @@ inside the output, written atomically):
    follows, else the final one); optionally the float32 probabilities.
 2. ``filter``: 26-connected components smaller than ``min_size`` voxels removed, *exactly* as
    :func:`~selma3d.inference.postprocess.remove_small_components` would on the whole mask (see
-   :func:`filter_block`).
+   :func:`filter_block`); the ``min_size - 1`` voxel margin comes from the neighbours' rims
+   (:class:`RimStore`, written by the predict pass), so each block decompresses only its own chunk.
 3. ``export`` (TIFF output only): the mask written as one TIFF per z slice, one z-slab of blocks at
    a time, under hidden names that are made visible only when every slice exists.
 
