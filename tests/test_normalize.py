@@ -142,3 +142,35 @@ def test_finetune_predict_and_pretrained_plan_share_one_normalization(tiny_datas
     run = finetune(config(tmp_path / "pre", pretrained=str(encoder_pt), model=None, model_options={}))
     recorded = json.loads((run / "run.json").read_text())["normalization"]
     assert recorded["noise_floor"] == 5.0 and recorded["per"] == "patch"
+
+
+def test_a_large_volume_gets_the_same_statistics_in_memory_and_read_lazily():
+    """`predict` on a NIfTI file normalizes the array in memory; on a TIFF folder or Zarr store it
+    reads the volume lazily. Both must give one (lo, hi), or their masks differ."""
+    from selma3d.data.normalize import MAX_STAT_VOXELS
+
+    image = _blobs(shape=(20, 480, 440), n=40)
+    assert image.size > MAX_STAT_VOXELS
+
+    class Lazy:
+        shape, dtype = image.shape, image.dtype
+        reads = 0
+
+        def __getitem__(self, key):
+            Lazy.reads += 1
+            return image[key]
+
+    assert DEFAULT_NORMALIZATION.statistics(image) == DEFAULT_NORMALIZATION.statistics(Lazy())
+    assert 0 < Lazy.reads <= 16  # a subsample of whole slices, never the whole volume
+    small = image[:4, :100, :100]
+    assert DEFAULT_NORMALIZATION.statistics(small) == DEFAULT_NORMALIZATION.statistics(_Small(small))
+
+
+class _Small:
+    """A lazy view of a small volume: read whole, like the in-memory array."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+
+    def __getitem__(self, key):
+        return self.array[key]

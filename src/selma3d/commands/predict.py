@@ -38,10 +38,16 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
         block_size: Optional[str] = typer.Option(None, "--block-size", help="Whole volumes: block size "
                                                  "N or Z,Y,X (default 128,256,256)."),
-        halo: Optional[int] = typer.Option(None, "--halo", help="Whole volumes: context voxels around each block "
-                                           "(default: half the patch size)."),
-        normalization: str = typer.Option("volume", "--normalization", help="Whole volumes: volume (percentiles "
-                                          "of the whole volume) or block."),
+        batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward pass (larger on a GPU)."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 (default: identical to one pass), bf16 or "
+                                      "fp16: mixed precision for GPUs; blending stays float32."),
+        skip_empty: bool = typer.Option(True, "--skip-empty/--no-skip-empty", help="Whole volumes: write blocks "
+                                        "without tissue (input below the whole volume's 5 % level) as 0 without "
+                                        "running the network."),
+        probabilities: bool = typer.Option(False, "--probabilities", help="Whole volumes (.zarr output): also "
+                                           "write the float32 probabilities as the array 'probabilities'."),
+        prefetch: int = typer.Option(2, "--prefetch", help="Whole volumes: blocks a reader thread reads ahead "
+                                     "(0: no reader thread)."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Whole volumes: blocks in parallel."),
         scheduler_address: Optional[str] = typer.Option(None, "--scheduler-address", help="Whole volumes: "
                                                         "dask.distributed scheduler for multi-machine runs."),
@@ -50,7 +56,9 @@ def register(app: typer.Typer) -> None:
         level: int = typer.Option(0, "--level", help="Whole volumes: resolution level of an OME-Zarr input "
                                   "(0: full resolution)."),
     ):
-        """Segment NIfTI patches: sliding windows with Gaussian blending, threshold, small-component removal."""
+        """Segment NIfTI patches or whole volumes: sliding windows with Gaussian blending, threshold,
+        small-component removal. Whole volumes (a TIFF slice folder, a .zarr store) go block by block
+        at the cost of one pass, with the same result as one pass."""
         from ..inference.predict import predict_path
         from ..io.nifti import NIFTI_SUFFIXES
         from ..paths import check_input, check_output
@@ -93,13 +101,15 @@ def register(app: typer.Typer) -> None:
                 except ValueError:
                     raise InputError(f"--block-size expects N or Z,Y,X integers, got {block_size!r}") from None
                 options["block_size"] = parts[0] if len(parts) == 1 else tuple(parts)
-            path = predict_whole_volume(str(model[0]), input, output, halo=halo, overlap=overlap, tta_flips=tta,
-                                        threshold=threshold, min_size=min_size, normalization=normalization,
-                                        progress=not quiet, overwrite=overwrite, workers=workers,
-                                        scheduler_address=scheduler_address, device=device, **options)
+            path = predict_whole_volume(str(model[0]), input, output, overlap=overlap, tta_flips=tta,
+                                        threshold=threshold, min_size=min_size, skip_empty=skip_empty,
+                                        probabilities=probabilities, batch_size=batch_size, precision=precision,
+                                        prefetch=prefetch, progress=not quiet, overwrite=overwrite,
+                                        workers=workers, scheduler_address=scheduler_address, device=device,
+                                        **options)
             typer.echo(f"whole-volume mask written to {path}")
             return
         written = predict_path([str(m) for m in model], input, output, tta=tta, min_size=min_size,
                                threshold=threshold, overlap=overlap, router=router, device=device,
-                               progress=not quiet)
+                               progress=not quiet, batch_size=batch_size, precision=precision)
         typer.echo(f"{len(written)} mask(s) written to {output}")

@@ -78,9 +78,15 @@ class Normalization:
             raise InputError(f"normalization noise_floor must be >= 0, got {self.noise_floor}")
 
     # ------------------------------------------------------------------ statistics
-    def statistics(self, array: np.ndarray) -> tuple[float, float]:
-        """(lo, hi) of a whole in-memory source (an annotated patch)."""
-        array = np.asarray(array)
+    def statistics(self, array) -> tuple[float, float]:
+        """(lo, hi) of a whole source: every voxel of one up to ``MAX_STAT_VOXELS`` (an annotated
+        patch), else :meth:`volume_statistics` — so a volume gets the same statistics whether it is
+        an in-memory array (a NIfTI file) or read lazily (a TIFF folder, a Zarr store)."""
+        if not hasattr(array, "shape"):
+            array = np.asarray(array)
+        if len(array.shape) == 3 and int(np.prod(array.shape)) > MAX_STAT_VOXELS:
+            return self.volume_statistics(array)
+        array = array if isinstance(array, np.ndarray) else np.asarray(array[...])
         flat = array.ravel()
         if flat.size > MAX_STAT_VOXELS:
             flat = flat[:: flat.size // MAX_STAT_VOXELS + 1]

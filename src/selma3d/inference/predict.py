@@ -45,20 +45,29 @@ def flip_combinations(tta_flips) -> list[tuple[int, ...]]:
 @torch.no_grad()
 def sliding_window_probabilities(model: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int],
                                  overlap: float = 0.5, tta_flips=False, sw_batch_size: int = 4,
-                                 progress: bool = False) -> torch.Tensor:
+                                 progress: bool = False, precision: str = "fp32") -> torch.Tensor:
     """Foreground probabilities (B, 1, D, H, W) of a normalized (B, 1, D, H, W) tensor.
 
     Windows have exactly ``patch_size`` (a multiple of the model's size divisor); inputs smaller
-    than a window are padded by MONAI and cropped back.
+    than a window are padded by MONAI and cropped back. ``sw_batch_size`` windows go through the
+    network at once, under ``precision`` (fp32, bf16 or fp16 autocast); blending stays float32.
     """
     from monai.inferers import sliding_window_inference
+
+    from .windows import autocast
+
+    device = _model_device(model)
+
+    def predictor(x):
+        with autocast(device, precision):
+            return model(x).float()
 
     total = None
     flips = flip_combinations(tta_flips)
     for axes in flips:
         x = torch.flip(image, axes) if axes else image
         logits = sliding_window_inference(x, roi_size=tuple(int(p) for p in patch_size),
-                                          sw_batch_size=sw_batch_size, predictor=model,
+                                          sw_batch_size=sw_batch_size, predictor=predictor,
                                           overlap=overlap, mode="gaussian", progress=progress)
         probs = torch.sigmoid(logits.float())
         if axes:
@@ -76,7 +85,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def predict_probabilities(model: torch.nn.Module, array: np.ndarray, patch_size: Sequence[int],
                           overlap: float = 0.5, tta_flips=False, normalize: bool | Normalization = True,
-                          sw_batch_size: int = 4, progress: bool = False) -> np.ndarray:
+                          sw_batch_size: int = 4, progress: bool = False, precision: str = "fp32") -> np.ndarray:
     """Float32 (z, y, x) foreground probabilities of a raw (or already normalized) patch.
 
     ``normalize``: a :class:`Normalization` (the run's), ``True`` for the default one, or
@@ -93,7 +102,7 @@ def predict_probabilities(model: torch.nn.Module, array: np.ndarray, patch_size:
     try:
         x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(_model_device(model))
         probs = sliding_window_probabilities(model, x, patch_size, overlap=overlap, tta_flips=tta_flips,
-                                             sw_batch_size=sw_batch_size, progress=progress)
+                                             sw_batch_size=sw_batch_size, progress=progress, precision=precision)
     finally:
         model.train(was_training)
     return probs[0, 0].cpu().numpy()
@@ -102,10 +111,11 @@ def predict_probabilities(model: torch.nn.Module, array: np.ndarray, patch_size:
 def predict_volume(model: torch.nn.Module, array: np.ndarray, patch_size: Sequence[int],
                    overlap: float = 0.5, tta_flips=False, threshold: float = 0.5,
                    min_size: int = 0, normalize: bool | Normalization = True, sw_batch_size: int = 4,
-                   progress: bool = False) -> np.ndarray:
+                   progress: bool = False, precision: str = "fp32") -> np.ndarray:
     """Binary uint8 (z, y, x) mask: probabilities > ``threshold``, components < ``min_size`` removed."""
     probs = predict_probabilities(model, array, patch_size, overlap=overlap, tta_flips=tta_flips,
-                                  normalize=normalize, sw_batch_size=sw_batch_size, progress=progress)
+                                  normalize=normalize, sw_batch_size=sw_batch_size, progress=progress,
+                                  precision=precision)
     mask = (probs > threshold).astype(np.uint8)
     return remove_small_components(mask, min_size) if min_size > 1 else mask
 
@@ -141,10 +151,12 @@ class LoadedRun:
             raise Selma3dError(f"{self.path}: {exc}") from None
 
     def predict(self, array: np.ndarray, overlap: float = 0.5, tta_flips=False,
-                threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE) -> np.ndarray:
+                threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE, batch_size: int = 4,
+                precision: str = "fp32") -> np.ndarray:
         return predict_volume(self.model, array, self.patch_size, overlap=overlap, tta_flips=tta_flips,
                               threshold=self.threshold if threshold is None else threshold,
-                              min_size=min_size, normalize=self.normalization)
+                              min_size=min_size, normalize=self.normalization, sw_batch_size=batch_size,
+                              precision=precision)
 
 
 def default_device() -> torch.device:
@@ -240,7 +252,8 @@ def check_finite(array: np.ndarray, path: str | os.PathLike) -> None:
 def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], input_path: str | os.PathLike,
                  output: str | os.PathLike, tta: bool = False, min_size: int = DEFAULT_MIN_SIZE,
                  threshold: float | None = None, overlap: float = 0.5, router: str | os.PathLike | None = None,
-                 device: torch.device | str | None = None, progress: bool = True) -> list[Path]:
+                 device: torch.device | str | None = None, progress: bool = True, batch_size: int = 4,
+                 precision: str = "fp32") -> list[Path]:
     """Segment a NIfTI file or a folder of NIfTI files; returns the written mask paths.
 
     Masks are uint8 {0, 1} with the input's file name, affine and header. With several runs,
@@ -253,6 +266,12 @@ def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], inpu
         raise InputError(f"--threshold must be in (0, 1), got {threshold}")
     if min_size < 0:
         raise InputError(f"--min-size must be >= 0, got {min_size}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    from .windows import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
     if not run_dirs:
@@ -293,7 +312,7 @@ def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], inpu
             volume = read_nifti(src)
             run = runs[0] if route is None else by_type[route.classify(volume.array)]
             mask = run.predict(volume.array, overlap=overlap, tta_flips=tta, threshold=threshold,
-                               min_size=min_size)
+                               min_size=min_size, batch_size=batch_size, precision=precision)
             written.append(write_nifti(dst, mask.astype(np.uint8), affine=volume.affine, header=volume.header))
             bar.advance(task)
     return written
