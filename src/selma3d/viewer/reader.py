@@ -37,13 +37,13 @@ def is_label_volume(name: str, dtype, selma3d_output: bool = False) -> bool:
 def _zarr_layer(path: Path):
     import zarr
 
-    from ..io.zarrstore import _multiscale, open_zarr_volume, zarr_spacing
+    from ..io.zarrstore import open_zarr_volume, read_ome
 
     group = zarr.open_group(str(path), mode="r")
     attrs = group.attrs.asdict()
-    datasets = _multiscale(path)["datasets"]
-    levels = [open_zarr_volume(path, level=i) for i in range(len(datasets))]
-    spacing = zarr_spacing(path) or (1.0, 1.0, 1.0)
+    multiscale = read_ome(path)  # validated OME-NGFF 0.4/0.5, any writer
+    levels = [open_zarr_volume(path, level=i) for i in range(len(multiscale.levels))]
+    spacing = multiscale.spacing(0)
     name = path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name
     info = attrs.get("selma3d") or {}
     density = "density" in name or "density" in str(info.get("content", ""))
