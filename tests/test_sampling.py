@@ -80,7 +80,12 @@ def test_patches_are_normalized_with_volume_percentiles():
     assert item["image"].dtype == np.float32
     lo, hi = sampler.percentiles["v"]
     assert 90 <= lo <= 150 and 1000 <= hi <= 1050
-    # recomputed from the stored start and the volume's percentiles: [lo, hi] -> [-1, 1], clipped
+    # recomputed from the stored start and the volume's stored percentiles: [lo, hi] -> [-1, 1],
+    # clipped (Gaussian noise, so that the volume's percentiles are not the patch's min and max)
+    vol = (half_bright() + np.random.default_rng(1).normal(0, 40, (32, 64, 64))).astype(np.int16)
+    sampler = PatchSampler([VolumeSource("vessel", "v", array=vol)], 16, fg_threshold=None)
+    item = sampler.sample(np.random.default_rng(0))
+    lo, hi = sampler.percentiles["v"]
     z, y, x = item["start"]
     window = vol[z:z + 16, y:y + 16, x:x + 16].astype(np.float64)
     expected = np.clip((window - lo) / (hi - lo) * 2 - 1, -1, 1)
