@@ -170,6 +170,17 @@ def test_every_model_finetunes_and_predicts(tiny_dataset, tmp_path, name):
     image = read_nifti(next((tiny_dataset / "annotated" / "final_test" / "cfos").glob("*_img.nii.gz"))).array
     mask = loaded.predict(image[:, :24, :])  # a non-cubic patch
     assert mask.shape == (32, 24, 32) and mask.dtype == np.uint8
+    # on one window the mask is the saved network's forward pass, thresholded at the run's
+    # threshold, without 26-connected objects under 5 voxels (scikit-image, not cc3d)
+    from skimage.morphology import remove_small_objects
+
+    crop = image[:patch, :patch, :patch]
+    with torch.no_grad():
+        probs = torch.sigmoid(loaded.model(torch.from_numpy(loaded.normalization(crop))[None, None]))[0, 0].numpy()
+    expected = remove_small_objects(probs > loaded.threshold, max_size=4, connectivity=3)
+    np.testing.assert_array_equal(loaded.predict(crop), expected.astype(np.uint8))
+    saved = torch.load(run / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in saved.items())
 
 
 def test_cli_finetune_validates_checkpoints_and_resumes_from_the_saved_step(tiny_dataset, tmp_path):
