@@ -92,7 +92,19 @@ def test_datamodule_normalizes_pads_and_balances_crops(tiny_dataset):
     batch = next(iter(data.train_dataloader()))
     assert tuple(batch["image"].shape) == (4, 1, 48, 48, 48)
     assert tuple(batch["label"].shape) == (4, 1, 48, 48, 48)
-    assert batch["label"].sum() > 0  # half the crops are centred on foreground
+
+    # balanced crops: half are centred on foreground, so far more 8³ crops hold some foreground
+    # than the share of all 8³ windows of these sparse c-Fos patches that do (counted here)
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    small = FinetuneDataModule(tiny_dataset, (8, 8, 8), structures=["cfos"], batch_size=16, val_fraction=0.0,
+                               seed=0, samples_per_epoch=64)
+    small.setup("fit")
+    hits = [bool(label.any()) for b in small.train_dataloader() for label in b["label"]]
+    windows = np.mean([sliding_window_view(c.label > 0, (8, 8, 8)).any(axis=(-1, -2, -3)).mean()
+                       for c in small.train_cases])
+    assert len(hits) == 64 and windows < 0.3
+    assert np.mean(hits) >= 0.45, (np.mean(hits), windows)
 
 
 def test_same_seed_gives_the_same_crops_and_the_same_model(tiny_dataset, tmp_path):
