@@ -124,6 +124,9 @@ def test_ddp_is_data_parallel(tiny_dataset, tmp_path, monkeypatch):
     for a, b in zip(rank0["images"], rank1["images"]):
         assert a.shape == b.shape == (2, 1, *PATCH)
         assert _digest(a) != _digest(b)
+    # ...and drew their own random masks (not the same torch stream on every rank)
+    for a, b in zip(rank0["masks"], rank1["masks"]):
+        assert not torch.equal(a, b)
 
     # both started from and ended with the same weights (gradients were synchronised)
     assert set(rank0["final"]) == set(rank1["final"])

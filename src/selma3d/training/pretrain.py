@@ -152,6 +152,11 @@ class PretrainModule(pl.LightningModule):
         # Each DDP rank draws its own patches (workers add their id to the seed themselves).
         if self.dataset is not None:
             self.dataset.rank = self.global_rank
+        if self.global_rank > 0:
+            # seed_everything gave every rank the same torch stream, so without this the i-th
+            # sample of every rank got the same random mask / view augmentation. Rank 0 keeps
+            # the stream of a single-process run.
+            torch.manual_seed(torch.initial_seed() + 1_000_003 * self.global_rank)
 
     def training_step(self, batch, batch_idx):
         loss, logs = self.method.training_loss(batch)
