@@ -183,7 +183,7 @@ def test_empty_folders(tmp_path, folders):
 
 
 def test_evaluate_command_outputs_and_one_line_errors(folders, tmp_path, monkeypatch, capsys):
-    gt_dir, pred_dir, arrays, _ = folders
+    gt_dir, pred_dir, arrays, preds = folders
     (pred_dir / "microglia_001_label.nii.gz").write_bytes(b"garbage")
     out, table = tmp_path / "m.json", tmp_path / "m.csv"
     code, stdout, stderr = run_cli(monkeypatch, capsys, "evaluate", pred_dir, gt_dir, "--out", out,
@@ -198,6 +198,13 @@ def test_evaluate_command_outputs_and_one_line_errors(folders, tmp_path, monkeyp
     rows = list(csv.DictReader(io.StringIO(table.read_text())))
     assert [r["case"] for r in rows] == [c["case"] for c in saved["cases"]]
     assert rows[0]["type"] == "spot" and rows[0]["cldice"] == ""
+    # the values, JSON and CSV alike, are the metrics of the arrays written
+    for case, row in zip(saved["cases"], rows):
+        gt, pred = arrays[case["case"]], preds[case["case"]]
+        expected = M.tree_metrics(gt, pred) if case["type"] == "tree" else M.spot_metrics(gt, pred)
+        assert {k: case[k] for k in expected} == pytest.approx(expected)
+        assert {k: float(row[k]) for k in expected} == pytest.approx(expected)
+    assert len({c["dice"] for c in saved["cases"]}) == 4  # distinct: a row mix-up would show
 
     (tmp_path / "nothing").mkdir()
     code, stdout, stderr = run_cli(monkeypatch, capsys, "evaluate", tmp_path / "nothing", gt_dir,
@@ -270,9 +277,16 @@ def test_leaderboard_end_to_end(folders, tmp_path, monkeypatch, capsys):
                                 f"perfect={perfect}", "--out", out, "--jobs", 1, "--quiet")
     assert code == 0, stderr
     assert "| 1 | perfect |" in stdout and "| 2 | noisy |" in stdout
-    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.json",
-                 "teams/perfect.json", "teams/noisy.json"):
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex"):
         assert (out / name).is_file()
+    # the noisy team's saved cases and aggregate are the metrics of its predictions
+    noisy = json.loads((out / "teams" / "noisy.json").read_text())
+    for case in noisy["cases"]:
+        assert case["dice"] == pytest.approx(M.dice(arrays[case["case"]], preds[case["case"]]))
+    assert json.loads((out / "teams" / "perfect.json").read_text())["summary"]["tree"]["dice"]["mean"] == 1.0
+    tree_dice = [M.dice(arrays[c], preds[c]) for c in arrays if c.startswith("microglia")]
+    board = {r["team"]: r for r in csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text()))}
+    assert float(board["noisy"]["tree_dice_mean"]) == pytest.approx(np.mean(tree_dice), abs=1e-4)
     code, _, stderr = run_cli(monkeypatch, capsys, "leaderboard", gt_dir, "missing_equals_sign", "--quiet")
     assert code == 1 and stderr.startswith("error: submission 'missing_equals_sign'")
 

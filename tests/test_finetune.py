@@ -92,7 +92,19 @@ def test_datamodule_normalizes_pads_and_balances_crops(tiny_dataset):
     batch = next(iter(data.train_dataloader()))
     assert tuple(batch["image"].shape) == (4, 1, 48, 48, 48)
     assert tuple(batch["label"].shape) == (4, 1, 48, 48, 48)
-    assert batch["label"].sum() > 0  # half the crops are centred on foreground
+
+    # balanced crops: half are centred on foreground, so far more 8³ crops hold some foreground
+    # than the share of all 8³ windows of these sparse c-Fos patches that do (counted here)
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    small = FinetuneDataModule(tiny_dataset, (8, 8, 8), structures=["cfos"], batch_size=16, val_fraction=0.0,
+                               seed=0, samples_per_epoch=64)
+    small.setup("fit")
+    hits = [bool(label.any()) for b in small.train_dataloader() for label in b["label"]]
+    windows = np.mean([sliding_window_view(c.label > 0, (8, 8, 8)).any(axis=(-1, -2, -3)).mean()
+                       for c in small.train_cases])
+    assert len(hits) == 64 and windows < 0.3
+    assert np.mean(hits) >= 0.45, (np.mean(hits), windows)
 
 
 def test_same_seed_gives_the_same_crops_and_the_same_model(tiny_dataset, tmp_path):
@@ -170,6 +182,17 @@ def test_every_model_finetunes_and_predicts(tiny_dataset, tmp_path, name):
     image = read_nifti(next((tiny_dataset / "annotated" / "final_test" / "cfos").glob("*_img.nii.gz"))).array
     mask = loaded.predict(image[:, :24, :])  # a non-cubic patch
     assert mask.shape == (32, 24, 32) and mask.dtype == np.uint8
+    # on one window the mask is the saved network's forward pass, thresholded at the run's
+    # threshold, without 26-connected objects under 5 voxels (scikit-image, not cc3d)
+    from skimage.morphology import remove_small_objects
+
+    crop = image[:patch, :patch, :patch]
+    with torch.no_grad():
+        probs = torch.sigmoid(loaded.model(torch.from_numpy(loaded.normalization(crop))[None, None]))[0, 0].numpy()
+    expected = remove_small_objects(probs > loaded.threshold, max_size=4, connectivity=3)
+    np.testing.assert_array_equal(loaded.predict(crop), expected.astype(np.uint8))
+    saved = torch.load(run / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in saved.items())
 
 
 def test_cli_finetune_validates_checkpoints_and_resumes_from_the_saved_step(tiny_dataset, tmp_path):

@@ -88,9 +88,19 @@ def test_larger_and_smaller_inputs_are_stitched_to_their_own_shape():
         image = rng.integers(0, 4000, shape).astype(np.int16)
         probs = predict_probabilities(model, image, (16, 16, 16), overlap=0.25)
         assert probs.shape == shape and probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
-        mask = predict_volume(model, image, (16, 16, 16), overlap=0.25, threshold=float(np.median(probs)))
-        assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
-        np.testing.assert_array_equal(mask, (probs > np.median(probs)).astype(np.uint8))
+
+    # the mask against an oracle outside the prediction code: a 1x1x1 convolution's probabilities
+    # are sigmoid(w * x + b) voxel by voxel, whatever the tiling or padding
+    pointwise = torch.nn.Conv3d(1, 1, 1)
+    with torch.no_grad():
+        pointwise.weight.fill_(2.0)
+        pointwise.bias.fill_(0.3)
+    for shape in [(40, 37, 20), (8, 10, 12)]:
+        image = rng.uniform(-1, 1, shape).astype(np.float32)
+        expected = 1 / (1 + np.exp(-(2.0 * image.astype(np.float64) + 0.3))) > 0.6
+        mask = predict_volume(pointwise, image, (16, 16, 16), overlap=0.25, threshold=0.6, normalize=False)
+        assert mask.dtype == np.uint8 and mask.shape == shape
+        np.testing.assert_array_equal(mask, expected.astype(np.uint8))
 
 
 def test_small_components_are_removed_with_26_connectivity():
@@ -130,7 +140,15 @@ def test_cli_predict_writes_binary_uint8_masks_with_the_input_affine(runs, tiny_
     code, output = _cli("predict", "--model", runs["spot"], folder / "b.nii", tmp_path / "single.nii.gz",
                         "--tta", "--threshold", "0.3", "--min-size", "0", "--quiet")
     assert code == 0, output
-    assert read_nifti(tmp_path / "single.nii.gz").array.shape == (32, 20, 28)
+    from selma3d.inference.predict import load_run
+
+    single = read_nifti(tmp_path / "single.nii.gz").array
+    run = load_run(runs["spot"])
+    image = read_nifti(folder / "b.nii").array
+    np.testing.assert_array_equal(single, run.predict(image, tta_flips=True, threshold=0.3, min_size=0))
+    # the flags were applied: the default settings give another mask
+    assert not np.array_equal(single, run.predict(image))
+    # (tests/test_glue.py checks each flag against a hand-written flip/threshold/small-object pipeline)
 
 
 def test_predict_rejects_whole_volumes_and_unknown_inputs(runs, tiny_dataset, tmp_path):

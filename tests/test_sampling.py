@@ -78,9 +78,19 @@ def test_patches_are_normalized_with_volume_percentiles():
     sampler = PatchSampler([VolumeSource("vessel", "v", array=vol)], 16, fg_threshold=None)
     item = sampler.sample(np.random.default_rng(0))
     assert item["image"].dtype == np.float32
-    assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
     lo, hi = sampler.percentiles["v"]
     assert 90 <= lo <= 150 and 1000 <= hi <= 1050
+    # recomputed from the stored start and the volume's stored percentiles: [lo, hi] -> [-1, 1],
+    # clipped (Gaussian noise, so that the volume's percentiles are not the patch's min and max)
+    vol = (half_bright() + np.random.default_rng(1).normal(0, 40, (32, 64, 64))).astype(np.int16)
+    sampler = PatchSampler([VolumeSource("vessel", "v", array=vol)], 16, fg_threshold=None)
+    item = sampler.sample(np.random.default_rng(0))
+    lo, hi = sampler.percentiles["v"]
+    z, y, x = item["start"]
+    window = vol[z:z + 16, y:y + 16, x:x + 16].astype(np.float64)
+    expected = np.clip((window - lo) / (hi - lo) * 2 - 1, -1, 1)
+    np.testing.assert_allclose(item["image"][0], expected, rtol=0, atol=2e-6)
+    assert (expected > -1).any() and (expected < 1).any()  # not all clipped: the scaling is seen
 
 
 def test_structures_are_balanced_not_volumes():
