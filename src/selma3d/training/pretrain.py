@@ -159,11 +159,8 @@ class PretrainModule(pl.LightningModule):
         # Each DDP rank draws its own patches (workers add their id to the seed themselves).
         if self.dataset is not None:
             self.dataset.rank = self.global_rank
-        if self.global_rank > 0:
-            # seed_everything gave every rank the same torch stream, so without this the i-th
-            # sample of every rank got the same random mask / view augmentation. Rank 0 keeps
-            # the stream of a single-process run.
-            torch.manual_seed(torch.initial_seed() + 1_000_003 * self.global_rank)
+        # Masks and view augmentations differ between ranks too: on_train_batch_start seeds every
+        # step from (seed, rank, step) (tests/test_ddp.py checks both).
 
     def on_train_batch_start(self, batch, batch_idx):
         # Views, masks and dropout of this step depend on (seed, rank, step) only, so a resumed
