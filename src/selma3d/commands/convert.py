@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         levels: Optional[int] = typer.Option(None, "--levels", help="Maximum number of pyramid levels (level 0 included)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store instead of resuming it."),
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip the final check that level 0 equals the input."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Convert a TIFF slice folder to a chunked, compressed OME-Zarr with a multiscale pyramid.
 
@@ -42,6 +43,6 @@ def register(app: typer.Typer) -> None:
         spacing = spacing or volume_spacing(slices_dir, level=level) or (1.0, 1.0, 1.0)
         with output_lock(out, "selma3d convert"):  # a second writer of the same store is refused
             result = convert_to_zarr(source, out, chunks=chunks, spacing=spacing,
-                                     levels=levels, overwrite=overwrite, verify=not no_verify, progress=True)
+                                     levels=levels, overwrite=overwrite, verify=not no_verify, progress=not quiet)
         volume = open_zarr_volume(result)
         typer.echo(f"wrote {result} (level 0: {'x'.join(map(str, volume.shape))} {volume.dtype})")
