@@ -141,9 +141,9 @@ def otsu_rows(cases: list[TestCase]) -> list[dict]:
 
 def _quiet():
     """Silence Lightning's banners and expected warnings (the finetuning module's own helper)."""
-    from ..training.finetune import _quiet_lightning
+    from ..training.progress import quiet_lightning
 
-    return _quiet_lightning(False)
+    return quiet_lightning()
 
 
 def ensure_encoder(plan: StudyPlan, method: str) -> tuple[Path, bool]:

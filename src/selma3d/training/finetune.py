@@ -17,14 +17,11 @@ and so does every other random draw of the step (:mod:`selma3d.training.determin
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import logging
 import math
 import os
 import platform
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +34,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from .. import __version__
 from ..errors import InputError, Selma3dError
 from ..inference.predict import MODEL_FILE, RUN_FILE, save_model_file, sliding_window_probabilities
+from .progress import progress_display, quiet_lightning
 from .determinism import kill_point, rng_state, seed_step, set_rng_state
 from .finetune_data import FinetuneDataModule
 
@@ -570,27 +568,6 @@ def resume_config(out: str | os.PathLike, max_steps: int | None = None) -> Finet
     return FinetuneConfig(**{k: v for k, v in saved.items() if k in known})
 
 
-@contextlib.contextmanager
-def _quiet_lightning(verbose: bool):
-    """Silence Lightning's expected chatter: a frozen encoder is in eval mode on purpose, a resumed
-    run restarts its (random) crop sampler, and the tips/device banners say nothing useful here."""
-    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        for pattern in (".*module\\(s\\) in eval mode.*", ".*dataloader is not resumable.*",
-                        ".*Checkpoint directory .* exists and is not empty.*", ".*LeafSpec.*is deprecated.*",
-                        ".*does not have many workers.*", ".*weights_only.*"):
-            warnings.filterwarnings("ignore", message=pattern)
-        if not verbose:
-            for lg in loggers:
-                lg.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
     """Train a segmentation model as ``config`` says; returns the run folder.
 
@@ -646,15 +623,16 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
     periodic = StepCheckpoint(last, config.checkpoint_every,
                               validates=lambda step: has_val and step % config.validate_every == 0)
     data.keep_labels(config.labels)  # the label budget, before fit builds the loaders (run.json lists it at the end)
-    with _quiet_lightning(config.progress):
+    bar, progress_lines = progress_display(config.progress, "finetune")
+    with quiet_lightning():
         trainer = pl.Trainer(
             max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
-            precision=config.precision, logger=False, callbacks=[keeper, curves, periodic],  # periodic last: it saves their state
+            precision=config.precision, logger=False, callbacks=[*progress_lines, keeper, curves, periodic],  # periodic last: it saves their state
             plugins=[AtomicCheckpointIO()], check_val_every_n_epoch=None,
             val_check_interval=config.validate_every if has_val else None,
             limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0,
             enable_checkpointing=False,  # StepCheckpoint writes last.ckpt
-            enable_progress_bar=config.progress, enable_model_summary=False, log_every_n_steps=1,
+            enable_progress_bar=bar, enable_model_summary=False, log_every_n_steps=1,
             default_root_dir=str(out),
         )
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)

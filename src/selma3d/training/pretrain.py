@@ -39,6 +39,7 @@ import torch
 from ..data.normalize import DEFAULT_NORMALIZATION
 from ..errors import Selma3dError
 from .determinism import kill_point, rng_state, seed_step, set_rng_state
+from .progress import progress_display, quiet_lightning
 
 CHECKPOINT_NAME = "last.ckpt"
 CONFIG_NAME = "config.json"
@@ -389,16 +390,18 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
         dataset, batch_size=config.batch_size, num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0, pin_memory=torch.cuda.is_available(),
         drop_last=True)
-    trainer = pl.Trainer(
-        max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
-        num_nodes=config.num_nodes, strategy=_strategy(config), precision=config.precision,
-        # health first: its rows of a step are then in that step's checkpoint
-        callbacks=[*([health] if health else []), AtomicCheckpoint(run_dir, config.checkpoint_every),
-                   *(callbacks or [])], logger=False,
-        enable_checkpointing=False, enable_progress_bar=config.progress,
-        enable_model_summary=False, log_every_n_steps=1, use_distributed_sampler=False,
-        default_root_dir=str(run_dir))
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt) if resume else None)
+    bar, progress_lines = progress_display(config.progress, "pretrain")
+    with quiet_lightning():
+        trainer = pl.Trainer(
+            max_steps=config.max_steps, accelerator=config.accelerator, devices=config.devices,
+            num_nodes=config.num_nodes, strategy=_strategy(config), precision=config.precision,
+            # health first: its rows of a step are then in that step's checkpoint
+            callbacks=[*([health] if health else []), AtomicCheckpoint(run_dir, config.checkpoint_every),
+                       *progress_lines, *(callbacks or [])], logger=False,
+            enable_checkpointing=False, enable_progress_bar=bar,
+            enable_model_summary=False, log_every_n_steps=1, use_distributed_sampler=False,
+            default_root_dir=str(run_dir))
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt) if resume else None)
     return run_dir / ENCODER_NAME
 
 

@@ -1,0 +1,66 @@
+"""Progress in logs (a line every few seconds when stdout is not a terminal) and no Lightning
+chatter on the user's screen."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from selma3d.training.progress import LogProgress, format_duration, progress_display
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _trainer(step, total=100, loss=0.5):
+    return SimpleNamespace(global_step=step, max_steps=total, is_global_zero=True,
+                           callback_metrics={"loss": torch.tensor(loss)})
+
+
+def test_a_line_every_few_seconds_and_at_the_last_step():
+    clock, out = _Clock(), io.StringIO()
+    callback = LogProgress("pretrain", every=5.0, stream=out, clock=clock)
+    callback.on_train_start(_trainer(20), None)  # resumed at step 20: the rate counts this run's steps
+    for step in range(21, 101):
+        clock.now += 0.5  # 2 steps/s
+        callback.on_train_batch_end(_trainer(step, loss=1.0 / step), None, None, None, None)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[pretrain] step 21/100 (21 %) · 2.00 steps/s · ETA 0:00:40 · loss 0.0476"
+    assert len(lines) == 1 + 80 // 10 and lines[-1].startswith("[pretrain] step 100/100 (100 %)")
+    steps = [int(line.split()[2].split("/")[0]) for line in lines]
+    assert steps == [21, 31, 41, 51, 61, 71, 81, 91, 100]  # every 5 s = 10 steps, and the last one
+
+
+def test_bar_on_a_terminal_lines_in_a_log_nothing_when_quiet():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert progress_display(True, "x", Terminal()) == (True, [])
+    bar, callbacks = progress_display(True, "x", io.StringIO())
+    assert bar is False and isinstance(callbacks[0], LogProgress)
+    assert progress_display(False, "x", io.StringIO()) == (False, [])
+    assert format_duration(3725.2) == "1:02:05" and format_duration(None) == "?"
+
+
+def test_pretrain_in_a_log_prints_progress_lines_and_no_lightning_banners(tiny_dataset, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "selma3d", "pretrain", "--method", "inpainting", "--data", str(tiny_dataset),
+         "--out", str(tmp_path / "run"), "--max-steps", "3", "--patch-size", "16", "--batch-size", "2",
+         "--model-option", "features=[4,8,16]", "--num-workers", "0", "--health-every", "0"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("[pretrain] step 1/3") and any(line.startswith("[pretrain] step 3/3") for line in lines)
+    for chatter in ("GPU available", "TPU available", "Tip", "LeafSpec", "weights_only", "Trainer.fit"):
+        assert chatter not in result.stderr + result.stdout, chatter
