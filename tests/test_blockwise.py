@@ -396,3 +396,44 @@ def test_dask_distributed_workers_give_the_same_mask(reference, tiny_run, tiff_i
         out = predict_whole_volume(str(tiny_run), tiff_input, tmp_path / "dist.zarr", threshold=threshold,
                                    scheduler_address=cluster.scheduler_address, device="cpu", **OPTIONS)
     np.testing.assert_array_equal(open_volume(out)[...], remove_small_components(probs > threshold, 5))
+
+
+@pytest.mark.slow
+def test_a_distributed_worker_killed_mid_run_does_not_change_the_mask(reference, tiny_run, tiff_input, tmp_path):
+    """Two worker *processes*; one is SIGKILLed once some blocks are done. The scheduler reruns its
+    tasks elsewhere (the nanny restarts it) and the mask is still the one-pass mask."""
+    import os
+    import signal
+    import threading
+
+    distributed = pytest.importorskip("distributed")
+    run, probs, threshold = reference
+    out = tmp_path / "killed.zarr"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        result: dict = {}
+
+        def predict():
+            try:
+                result["out"] = predict_whole_volume(str(tiny_run), tiff_input, out, threshold=threshold,
+                                                     scheduler_address=cluster.scheduler_address, device="cpu",
+                                                     **OPTIONS)
+            except BaseException as exc:  # reported below
+                result["error"] = exc
+
+        thread = threading.Thread(target=predict)
+        thread.start()
+        killed = False
+        while thread.is_alive():
+            try:
+                done = json.loads((out / blockwise.PROGRESS_FILE).read_text())["done"].get("predict", [])
+            except (OSError, ValueError, KeyError):
+                done = []
+            if not killed and len(done) >= 3:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = True
+            thread.join(0.01)
+        assert "error" not in result, result.get("error")
+        assert killed, "the job finished before a worker could be killed"
+    np.testing.assert_array_equal(open_volume(result["out"])[...], remove_small_components(probs > threshold, 5))
