@@ -44,6 +44,11 @@ class SSLMethod(nn.Module):
     def on_after_step(self, step: int, max_steps: int) -> None:
         """Called after every optimizer step (``step`` counts from 1); EMA updates go here."""
 
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(EMA target or teacher, the online network it follows) for each EMA network the method
+        keeps (BYOL, DINO); none by default. Tests check the EMA rule on these pairs."""
+        return []
+
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, E) representation of a batch, for monitoring collapse; pooled encoder features."""

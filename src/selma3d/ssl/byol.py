@@ -48,6 +48,9 @@ class BYOL(SSLMethod):
         return loss, {"loss": loss.detach(), "momentum": self.momentum.clone(),
                       "embedding_std": embedding_spread(z1)}
 
+    def ema_pairs(self):
+        return [(self.target, self.online)]
+
     def on_after_step(self, step, max_steps):
         tau = cosine_momentum(step, max_steps, self.base_momentum)
         ema_update(self.target, self.online, tau)

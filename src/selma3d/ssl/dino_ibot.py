@@ -128,6 +128,9 @@ class DinoIBot(SSLMethod):
                     embedding_std=embedding_spread(s_cls_tokens[0]))
         return loss, logs
 
+    def ema_pairs(self):
+        return [(self.teacher, self.student)]
+
     def on_after_step(self, step, max_steps):
         tau = cosine_momentum(step, max_steps, self.base_momentum)
         ema_update(self.teacher, self.student, tau)
