@@ -6,7 +6,8 @@ without its predictor, BYOL without the stop-gradient (Grill et al. 2020, Table 
 steps. The real one must keep its embeddings spread (the measures of
 :mod:`selma3d.training.ssl_health`: spread and effective rank) by a clear margin over the broken
 one. With training switched off (learning rate 0) both stay at their common starting point and
-these tests fail, unlike bounds relative to the start.
+these tests fail, unlike bounds relative to the start (in eval mode the batch-norm statistics
+gathered by the forward passes alone already change the projections' spread).
 
 The embeddings measured are the ones each objective acts on, where collapse shows first: BYOL's
 online projections and DINO's teacher distributions, on held-out patches.
@@ -95,14 +96,12 @@ def dino_teacher(method) -> dict:
 
 @pytest.fixture(scope="module")
 def real_byol():
-    return byol_projections(trained("byol")), byol_projections(trained("byol", steps=0))
+    return byol_projections(trained("byol"))
 
 
 @pytest.mark.parametrize("variant", ["no predictor", "no stop-gradient"])
 def test_byol_stays_spread_where_its_broken_variant_collapses(real_byol, variant):
-    real, start = real_byol
-    broken = byol_projections(trained("byol", variant))
-    assert real["spread"] > 5 * start["spread"], (start, real)  # training spread the projections
+    real, broken = real_byol, byol_projections(trained("byol", variant))
     assert real["spread"] > 1.8 * broken["spread"], (real, broken)
     assert real["rank"] > broken["rank"] + 1.0, (real, broken)
 
