@@ -130,6 +130,7 @@ def test_cosine_momentum_closed_form():
     # step 1/3 of the way: 1 − (1 − b)(cos(π/3) + 1)/2 = 1 − 0.75 (1 − b)
     assert cosine_momentum(20, 60, base) == pytest.approx(1 - 0.75 * (1 - base))
     assert cosine_momentum(250, 100, base) == pytest.approx(1.0)  # past the end: stays at 1
+    assert cosine_momentum(1, 1, base) == pytest.approx(1.0)  # a one-step run ends at 1
     values = [cosine_momentum(s, 40, 0.9) for s in range(41)]
     assert all(b > a for a, b in zip(values, values[1:]))  # rises monotonically
 
@@ -295,6 +296,16 @@ def test_masked_reconstruction_counts_masked_voxels_only():
     wrong_masked = torch.where(mask, target + 0.5, target)
     assert float(masked_reconstruction_loss(wrong_masked, target, mask, "l1")[0]) == pytest.approx(0.5)
     assert float(masked_reconstruction_loss(wrong_masked, target, mask, "mse")[0]) == pytest.approx(0.25)
+    assert float(masked_reconstruction_loss(2 * wrong_masked, target, mask)[0]) == pytest.approx(1.0)  # L1 by default
+    with pytest.raises(ValueError, match="l1"):
+        masked_reconstruction_loss(wrong_masked, target, mask, "L1")
+    shifted = target + 2.0  # a non-zero target: the error is recon − target, not recon + target
+    assert float(masked_reconstruction_loss(shifted + 0.5, shifted, mask, "mse")[0]) == pytest.approx(0.25)
+    one = torch.zeros_like(mask)
+    one[0, 0, 0, 0, 0] = True  # a single hidden voxel: its own error, not half of it
+    assert float(masked_reconstruction_loss(wrong_masked, target, one)[0]) == pytest.approx(0.5)
+    assert float(masked_reconstruction_loss(wrong_masked, target, ~one)[1]) == pytest.approx(0.5)
+    assert float(masked_reconstruction_loss(wrong_masked, target, torch.zeros_like(mask))[0]) == 0.0  # no NaN
 
 
 def test_inpainting_training_loss_hides_the_masked_voxels_and_scores_only_them(monkeypatch):
