@@ -212,6 +212,9 @@ def test_koleo_hand_computed():
     x = torch.tensor([[2.0, 0.0], [0.5, math.sqrt(3) / 2], [-1.0, 0.0]])
     # nearest-neighbour distances: 1 (0°–60°), 1, √3 (180°–60°) → −(ln 1 + ln 1 + ln √3) / 3
     assert float(koleo_loss(x)) == pytest.approx(-math.log(3) / 6, abs=1e-6)
+    # two identical rows: distance 0, kept finite by eps (−log 1e-8 for each of the two)
+    twins = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert float(koleo_loss(twins)) == pytest.approx(-math.log(1e-8), rel=1e-4)
 
 
 def test_dino_training_loss_is_the_definition_on_its_own_head_outputs():
