@@ -169,3 +169,40 @@ def test_every_loss_accepts_a_skeleton_argument():
             torch.testing.assert_close(value, loss(logits, target))
     with pytest.raises(Selma3dError, match="skeleton"):
         build_loss("dicece+skelrec")(logits, target, skeleton=torch.zeros(2, 1, 4, 4, 4))
+
+
+def test_skeleton_recall_batch_and_per_sample_by_hand():
+    """Killed mutants (TESTING.md): sums over the batch vs per sample, and ``smooth`` passed on."""
+    from selma3d.training.losses import SkeletonRecallLoss, skeleton_recall_loss
+
+    skeleton = torch.zeros(2, 1, 1, 1, 4)
+    skeleton[0, 0, 0, 0, :1] = 1  # 1 skeleton voxel
+    skeleton[1, 0, 0, 0, :] = 1  # 4 skeleton voxels
+    logits = torch.full_like(skeleton, -30.0)
+    logits[1] = 30.0  # the first sample misses its skeleton, the second recalls all of it
+    # batch: 1 − (0 + 4 + s) / (1 + 4 + s); per sample: mean of 1 − s/(1 + s) and 1 − (4 + s)/(4 + s) = 0
+    assert float(skeleton_recall_loss(logits, skeleton, smooth=1.0)) == pytest.approx(1 - 5 / 6, abs=1e-6)
+    assert float(skeleton_recall_loss(logits, skeleton, smooth=1.0, batch=False)) == pytest.approx(0.25, abs=1e-6)
+    assert float(SkeletonRecallLoss()(logits, skeleton, skeleton)) == pytest.approx(1 - 5 / 6, abs=1e-6)
+    term = SkeletonRecallLoss(batch=False, smooth=0.5)
+    assert float(term(logits, skeleton, skeleton)) == pytest.approx((1 - 0.5 / 1.5) / 2, abs=1e-6)
+
+
+def test_positive_boundary_loss_by_hand():
+    """Mean over voxels of p·phi − min(phi, 0), phi the signed distance to the boundary (negative
+    inside) computed here with scipy; 0 for a perfect prediction."""
+    import numpy as np
+    from scipy.ndimage import distance_transform_edt
+
+    from selma3d.training.losses import PositiveBoundaryLoss
+
+    target = torch.zeros(1, 1, 6, 6, 6)
+    target[0, 0, 1:4, 1:4, 1:4] = 1
+    mask = target[0, 0].numpy() > 0
+    # MONAI's convention: distance of outside voxels to the object minus (distance of inside
+    # voxels to the background − 1) (signed distance to the boundary surface)
+    phi = distance_transform_edt(~mask) - (distance_transform_edt(mask) - 1) * mask
+    loss = PositiveBoundaryLoss()
+    assert float(loss(30 * (2 * target - 1), target)) == pytest.approx(0.0, abs=1e-6)
+    expected = float(np.mean(0.5 * phi - np.minimum(phi, 0)))
+    assert float(loss(torch.zeros_like(target), target)) == pytest.approx(expected, rel=1e-5)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from selma3d.ssl import build_method
-from selma3d.ssl.shape import foreground_weights, shape_regression_loss, weighted_masked_l1
+from selma3d.ssl.losses import foreground_weights, shape_regression_loss, weighted_masked_l1
 from selma3d.ssl.shape_maps import shape_maps
 
 

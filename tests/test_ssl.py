@@ -1,33 +1,29 @@
-"""Self-supervised methods: each objective trains, BYOL/DINO do not collapse, the pretrained
-encoder reaches finetuning unchanged, runs resume, DDP on two CPU processes, CLI errors."""
+"""Self-supervised methods: every registered method honours the method contract (it trains,
+its EMA target follows the EMA rule, its encoder round-trips through encoder.pt), a toy method
+added through the registry alone pretrains and finetunes, the pretrained encoder reaches
+finetuning unchanged, runs resume, DDP on two CPU processes, CLI errors. The objectives against
+their definitions are in test_ssl_objectives.py, collapse in test_ssl_collapse.py."""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from selma3d.errors import Selma3dError
-from selma3d.ssl import build_method
-from selma3d.ssl.base import embedding_spread
+from selma3d.ssl import METHODS, MethodSpec, SSLMethod, build_method, method_names
+from selma3d.ssl.ema import cosine_momentum
+from selma3d.ssl.registry import methods_markdown
 
-TINY = {
-    "byol": dict(model_options={"features": [4, 8, 16]}, hidden_dim=32, projection_dim=16),
-    "inpainting": dict(model_options={"features": [4, 8, 16]}),
-    "multitask": dict(model_options={"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
-                                     "window_size": 4, "norm": "group"}, contrast_dim=32),
-    "dino": dict(model_options={"patch_size": 4, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                                "mlp_dim": 64, "decoder_channels": 4},
-                 out_dim=64, hidden_dim=64, bottleneck_dim=16, local_crops=2, base_momentum=0.9),
-    "simclr": dict(model_options={"features": [4, 8, 16]}, hidden_dim=32, projection_dim=16),
-    "shape": dict(model_options={"features": [4, 8, 16]}, scales=(1.0,), structure_types=["spot", "tree", "spot"]),
-}
-PATCH = {"multitask": (32, 32, 32)}  # SwinUNETR needs multiples of 32
+#: each method's tiny options, from the registry (a method is tested by being registered)
+TINY = {name: spec.tiny_options() for name, spec in METHODS.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +58,7 @@ def fixed_loss(method, batch) -> float:
     return float(loss)
 
 
-def train(method, batch, steps: int, lr: float = 1e-3):
+def train(method, batch, steps: int, lr: float = 1e-3, max_steps: int = 100):
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
     logs = []
     for step in range(1, steps + 1):
@@ -71,59 +67,139 @@ def train(method, batch, steps: int, lr: float = 1e-3):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        method.on_after_step(step, 100)
+        method.on_after_step(step, max_steps)
         logs.append({k: float(v) for k, v in log.items()})
     return logs
 
 
-@pytest.mark.parametrize("name", list(TINY))
-def test_method_trains_with_falling_loss(name):
+def check_method_contract(name: str, tmp_path: Path) -> None:
+    """What every SSL method promises the trainer, checked on its registered tiny instance."""
+    from selma3d.models import load_encoder_checkpoint, model_from_encoder_checkpoint, save_encoder
+
+    spec = METHODS[name]
+    size = spec.tiny_patch
+    batch_size = 2 if max(size) > 16 else 4
     torch.manual_seed(0)
-    size = PATCH.get(name, (16, 16, 16))
-    batch_size = 2 if name == "multitask" else 4
     batch = {"image": blob_patches(batch_size, size), "structure": torch.arange(batch_size) % 3}
-    method = build_method(name, patch_size=size, num_structures=3, **TINY[name])
+    method = build_method(name, patch_size=size, num_structures=3, **spec.tiny_options())
+    assert isinstance(method, SSLMethod) and method.backbone.config["name"] == spec.default_model
+
+    # one step: a finite scalar loss with a gradient, logged as "loss" with the other terms
+    loss, logs = method.training_loss(batch)
+    assert loss.ndim == 0 and loss.requires_grad and torch.isfinite(loss)
+    assert float(logs["loss"]) == pytest.approx(float(loss.detach()))
+    assert all(torch.as_tensor(v).numel() == 1 and torch.isfinite(torch.as_tensor(v)) for v in logs.values())
+
+    # a few steps on one batch: the loss with fixed views falls and the saved encoder trains
+    pairs = method.ema_pairs()
+    ema_start = [{k: v.clone() for k, v in target.state_dict().items()} for target, _ in pairs]
     encoder_before = {k: v.clone() for k, v in method.backbone.encoder.state_dict().items()}
     before = fixed_loss(method, batch)
-    logs = train(method, batch, steps=6 if name in ("multitask", "byol") else 8)
+    steps = 6 if max(size) > 16 or name == "byol" else 8
+    train(method, batch, steps=steps)
     after = fixed_loss(method, batch)
-    assert all(torch.isfinite(torch.tensor(list(row.values()))).all() for row in logs)
     assert after < before, (name, before, after)
     changed = [k for k, v in method.backbone.encoder.state_dict().items() if not torch.equal(v, encoder_before[k])]
-    assert changed  # the objective trains the encoder that gets saved
-    if name == "multitask":
-        assert {"loss_rotation", "loss_contrast", "loss_inpainting", "loss_structure"} <= set(logs[-1])
-    if name == "shape":
-        assert {"loss_shape", "loss_inpainting", "loss_type"} <= set(logs[-1])
+    assert changed
 
+    # EMA networks are neither the online network nor frozen: they follow it by the EMA rule
+    for (target, online), start in zip(pairs, ema_start):
+        assert target is not online
+        assert any(not torch.equal(v, start[k]) for k, v in target.state_dict().items())  # it moved
+        assert any(not torch.equal(t, o) for t, o in zip(target.parameters(), online.parameters()))  # a copy
+        old = [p.clone() for p in target.parameters()]
+        step, max_steps = steps + 1, 40
+        method.on_after_step(step, max_steps)
+        tau = cosine_momentum(step, max_steps, method.base_momentum)
+        for t, o, before_step in zip(target.parameters(), online.parameters(), old):
+            assert torch.allclose(t, tau * before_step + (1 - tau) * o, atol=1e-6), name
 
-@pytest.mark.parametrize("name", ["byol", "dino"])
-def test_no_collapse(name):
-    """After training, L2-normalized embeddings of different patches still differ: the std across
-    the batch stays well above 0 (a collapsed representation gives 0)."""
-    torch.manual_seed(0)
-    batch = {"image": blob_patches(8, (16, 16, 16), seed=1), "structure": torch.zeros(8, dtype=torch.long)}
-    method = build_method(name, patch_size=(16, 16, 16), **TINY[name])
-    probe = blob_patches(8, (16, 16, 16), seed=2)
+    # the monitoring embedding: one finite row per patch, no state changed
+    state = {k: v.clone() for k, v in method.state_dict().items()}
     method.eval()
-    initial = float(embedding_spread(method.embed(probe)))
+    z = method.embed(batch["image"])
     method.train()
-    logs = train(method, batch, steps=12)
-    method.eval()
-    spread = float(embedding_spread(method.embed(probe)))
-    assert spread > 1e-3 and spread > 0.3 * initial, (initial, spread)
-    # the spread of the trained objective's own embeddings (BYOL projections, DINO CLS tokens)
-    assert logs[-1]["embedding_std"] > max(0.3 * logs[0]["embedding_std"], 5e-3), logs
-    if name == "dino":  # the teacher neither picks one prototype nor becomes uniform
-        entropy = logs[-1]["teacher_entropy"]
-        assert 0.05 < entropy < 0.98 * torch.log(torch.tensor(64.0)), entropy
+    assert z.ndim == 2 and z.shape[0] == batch_size and z.shape[1] > 0 and torch.isfinite(z).all()
+    assert all(torch.equal(v, state[k]) for k, v in method.state_dict().items())
+
+    # the trained encoder is what encoder.pt carries and what finetuning starts from
+    path = save_encoder(method.backbone, tmp_path / f"{name}.pt", method=name)
+    assert load_encoder_checkpoint(path)["method"] == name
+    loaded = model_from_encoder_checkpoint(path, out_channels=2).encoder.state_dict()
+    trained = method.backbone.encoder.state_dict()
+    assert set(loaded) == set(trained) and all(torch.equal(loaded[k], trained[k]) for k in trained)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_method_contract(name, tmp_path):
+    check_method_contract(name, tmp_path)
 
 
 def test_unknown_method_and_model_are_clear_errors():
-    with pytest.raises(Selma3dError, match="unknown SSL method 'nope'; choose one of: byol"):
+    with pytest.raises(Selma3dError, match="unknown SSL method 'nope'; choose one of: " + ", ".join(method_names())):
         build_method("nope")
     with pytest.raises(Selma3dError, match="works with model"):
         build_method("simclr", model="unet3d")
+    with pytest.raises(Selma3dError, match="bad option"):
+        build_method("byol", no_such_option=1, **TINY["byol"])
+
+
+def test_readme_lists_the_registered_methods():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- ssl-methods:start[^>]*-->\n(.*?)\n<!-- ssl-methods:end -->", readme, re.S)
+    assert block, "README.md lost its ssl-methods block"
+    assert block.group(1) == methods_markdown(), (
+        "README.md's SSL method table is stale; replace it with selma3d.ssl.registry.methods_markdown()")
+
+
+# --------------------------------------------------------------------------- a method added by registering it
+
+class ToyDenoiser(SSLMethod):
+    """A method written in the test alone: the full network removes Gaussian noise (MSE)."""
+
+    backbone_options = {"in_channels": 1, "out_channels": 1}
+
+    def __init__(self, backbone: nn.Module, patch_size, noise: float = 0.3):
+        super().__init__(backbone)
+        self.noise = float(noise)
+
+    def training_loss(self, batch):
+        x = batch["image"]
+        loss = ((self.backbone(x + self.noise * torch.randn_like(x)) - x) ** 2).mean()
+        return loss, {"loss": loss.detach()}
+
+
+TOY = MethodSpec(ToyDenoiser, ("unet3d",), "toy denoiser (tests only)",
+                 tiny=dict(model_options={"features": [4, 8, 16]}, noise=0.5))
+
+
+def test_toy_method_added_through_the_registry_alone_pretrains_and_finetunes(tiny_dataset, tmp_path, monkeypatch,
+                                                                             capsys):
+    from cli_helpers import run_cli
+    from selma3d.inference.predict import load_run
+
+    monkeypatch.setitem(METHODS, "toy", TOY)
+    check_method_contract("toy", tmp_path)
+
+    run = tmp_path / "pretrain"
+    code, out, err = run_cli(monkeypatch, capsys, "pretrain", "--method", "toy", "--data", tiny_dataset,
+                             "--out", run, "--model-option", "features=[4,8,16]", "--method-option", "noise=0.5",
+                             "--patch-size", "16", "--batch-size", "2", "--max-steps", "2", "--num-workers", "0",
+                             "--fg-fraction", "0.02", "--accelerator", "cpu", "--health-every", "0",
+                             "--no-progress")
+    assert code == 0, err
+    encoder = torch.load(run / "encoder.pt", weights_only=True)
+    assert encoder["method"] == "toy" and encoder["steps"] == 2 and encoder["model"]["name"] == "unet3d"
+
+    finetuned = tmp_path / "finetune"
+    code, out, err = run_cli(monkeypatch, capsys, "finetune", "--data", tiny_dataset, "--out", finetuned,
+                             "--pretrained", run / "encoder.pt", "--freeze-encoder", "--structures", "cfos",
+                             "--patch-size", "16", "--max-steps", "2", "--val-fraction", "0", "--num-workers", "0",
+                             "--accelerator", "cpu", "--quiet")
+    assert code == 0, err
+    model = load_run(finetuned, device="cpu").model
+    for key, value in encoder["encoder_state"].items():  # frozen: the toy's encoder, unchanged
+        assert torch.equal(model.encoder.state_dict()[key], value), key
 
 
 # --------------------------------------------------------------------------- full runs
@@ -201,7 +277,7 @@ def test_cli_unknown_method_is_one_line(tmp_path):
     result = _cli("pretrain", "--method", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "r"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: unknown SSL method 'nope'; choose one of: byol, multitask, inpainting, dino, simclr, shape"]
+        "error: unknown SSL method 'nope'; choose one of: " + ", ".join(method_names())]
 
 
 @pytest.mark.slow

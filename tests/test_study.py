@@ -45,7 +45,7 @@ def test_methods_on_their_own_backbone_get_their_own_scratch_arms():
     plan = StudyPlan.from_preset("D", "S", "gpu", seeds=[0], labels=[1], modes=["full"], structures=["cfos"])
     by_method = {a.method: a.model for a in plan.arms() if a.method != "scratch"}
     assert by_method == {"byol": "unet3d", "inpainting": "unet3d", "multitask": "unet3d", "dino": "vit3d",
-                         "simclr": "attunet2d"}
+                         "simclr": "attunet2d", "shape": "unet3d"}
     scratch = sorted(a.model for a in plan.arms() if a.method == "scratch")
     assert scratch == ["attunet2d", "unet3d", "vit3d"]
     assert plan.options_for("vit3d")["img_size"] == plan.patch_size

@@ -8,10 +8,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import Selma3dError
+from ..ssl.registry import default_models, method_names, method_spec
 from .options import parse_options
-
-DEFAULT_MODELS = {"byol": "unet3d", "multitask": "swinunetr", "inpainting": "unet3d",
-                  "dino": "vit3d", "simclr": "attunet2d", "shape": "unet3d"}
 
 
 #: command-line parameter → PretrainConfig field, where the names differ
@@ -37,11 +35,11 @@ def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain(
         ctx: typer.Context,
-        method: str = typer.Option(..., help="byol | multitask | inpainting | dino | simclr | shape"),
+        method: str = typer.Option(..., help=" | ".join(method_names())),
         data: Path = typer.Option(..., help="dataset folder (its unannotated/ volumes are used)"),
         out: Path = typer.Option(..., help="run folder (checkpoints, loss curve, encoder.pt)"),
         model: Optional[str] = typer.Option(None, help="backbone (default per method: "
-                                            + ", ".join(f"{k}→{v}" for k, v in DEFAULT_MODELS.items()) + ")"),
+                                            + ", ".join(f"{k}→{v}" for k, v in default_models().items()) + ")"),
         model_option: Optional[List[str]] = typer.Option(None, "--model-option",
                                                          help="backbone option key=value (repeatable)"),
         method_option: Optional[List[str]] = typer.Option(None, "--method-option",
@@ -70,9 +68,7 @@ def register(app: typer.Typer) -> None:
         health_every: Optional[int] = typer.Option(None, help="SSL health (spread, rank, probe) every N steps; 0: off [250]"),
     ) -> None:
         """Self-supervised pretraining; writes RUN/encoder.pt for `selma3d finetune --pretrained`."""
-        from ..ssl.base import method_class
-
-        method_class(method)  # unknown name → one-line error listing the methods
+        method_spec(method)  # unknown name → one-line error listing the methods
         from ..paths import check_input, check_output
         from .options import check_device
 

@@ -7,7 +7,12 @@ from typing import List, Optional
 
 import typer
 
+from ..ssl.registry import METHODS, method_names
 from .options import parse_options
+
+#: the gpu preset's backbone per method: unet3d where the method works with it, else its own
+_GPU_BACKBONES = ", ".join(f"{name} on {'unet3d' if 'unet3d' in spec.models else spec.default_model}"
+                           for name, spec in METHODS.items())
 
 HELP = "\n\n".join([
     "Pretrained vs from-scratch finetuning over finetuning modes, label budgets and seeds (the SELMA3D "
@@ -28,8 +33,8 @@ HELP = "\n\n".join([
     "tiny: seconds, for tests. unet3d [4,8,16], 16³ crops, 4 steps, byol, full, labels 1,all, seeds 0,1.",
     "cpu: about 20 min on 2 idle cores on `synth --preset small` (BENCHMARKS.md). unet3d [8,16,32], 32³ crops, "
     "100 steps (batch 2); byol + inpainting pretrained 200 steps (batch 4); mode full; labels 1,4,all; seeds 0,1.",
-    "gpu: one real GPU. unet3d [32,64,128,256] (byol, inpainting, multitask, shape), vit3d (dino), attunet2d "
-    "(simclr), each architecture with its own scratch arms; 64³ crops, 2000 steps (batch 4); pretraining "
+    f"gpu: one real GPU. Every SSL method: {_GPU_BACKBONES} (unet3d [32,64,128,256]), "
+    "each architecture with its own scratch arms; 64³ crops, 2000 steps (batch 4); pretraining "
     "20000 steps (batch 8); modes full,frozen,linear; labels 1,2,4,all; seeds 0,1,2.",
 ])
 
@@ -42,7 +47,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Study folder (created, or continued when rerun)."),
         preset: str = typer.Option("cpu", "--preset", help="tiny | cpu | gpu (see above)."),
         methods: Optional[str] = typer.Option(None, "--methods", help="SSL methods, comma-separated "
-                                              "(byol, inpainting, multitask, dino, simclr)."),
+                                              f"({', '.join(method_names())})."),
         modes: Optional[str] = typer.Option(None, "--modes", help="Finetuning modes: full,frozen,linear."),
         labels: Optional[str] = typer.Option(None, "--labels", help="Label budgets: training patches per "
                                              "structure, comma-separated; 'all' for every patch (e.g. 1,2,4,all)."),

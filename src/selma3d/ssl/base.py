@@ -1,47 +1,36 @@
-"""The one small interface every self-supervised method implements, and the method registry.
+"""The one small interface every self-supervised method implements.
 
 A method is an ``nn.Module`` that owns a ``backbone`` (a network from
 :func:`selma3d.models.build_model`, whose ``encoder`` ends up in ``encoder.pt``) plus whatever
-heads, target/teacher networks and buffers its objective needs. The training loop only calls
+heads (:mod:`selma3d.ssl.heads`), target/teacher networks (:mod:`selma3d.ssl.ema`) and buffers
+its objective (:mod:`selma3d.ssl.losses`) needs. The training loop only calls
 :meth:`SSLMethod.training_loss` on a batch from the patch sampler and
-:meth:`SSLMethod.on_after_step` after each optimizer step (EMA updates).
+:meth:`SSLMethod.on_after_step` after each optimizer step (EMA updates). Methods are listed,
+with their backbones, in :mod:`selma3d.ssl.registry`.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib
-import math
+import inspect
 from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import Selma3dError
-
-#: name -> "module:Class" (imported on demand so ``build_method`` stays cheap).
-METHODS: dict[str, str] = {
-    "byol": "selma3d.ssl.byol:BYOL",
-    "multitask": "selma3d.ssl.multitask:MultiTask",
-    "inpainting": "selma3d.ssl.inpainting:Inpainting",
-    "dino": "selma3d.ssl.dino_ibot:DinoIBot",
-    "simclr": "selma3d.ssl.simclr:SimCLR",
-    "shape": "selma3d.ssl.shape:ShapeAware",
-}
+from .heads import pooled
 
 
 class SSLMethod(nn.Module):
     """Base class of the SSL objectives.
 
-    Subclasses set ``name``, ``default_model`` and ``allowed_models`` and implement
-    :meth:`training_loss`. ``backbone`` is the model whose ``encoder`` is saved.
+    Subclasses implement :meth:`training_loss` (and :meth:`on_after_step` if they keep an EMA
+    network); their ``__init__`` takes ``(backbone, patch_size, **options)`` (plus
+    ``num_structures`` if they use the structure labels). ``backbone`` is the model whose
+    ``encoder`` is saved.
     """
 
-    name: ClassVar[str] = ""
-    default_model: ClassVar[str] = ""
-    allowed_models: ClassVar[tuple[str, ...]] = ()
-    #: default backbone options when the user gives none (None: the model's own defaults)
-    default_model_options: ClassVar[dict] = {}
+    #: backbone options the method fixes, over the user's (every method reads one channel)
+    backbone_options: ClassVar[dict] = {"in_channels": 1}
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -54,6 +43,11 @@ class SSLMethod(nn.Module):
 
     def on_after_step(self, step: int, max_steps: int) -> None:
         """Called after every optimizer step (``step`` counts from 1); EMA updates go here."""
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(EMA target or teacher, the online network it follows) for each EMA network the method
+        keeps (BYOL, DINO); none by default. Tests check the EMA rule on these pairs."""
+        return []
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -70,85 +64,25 @@ class SSLMethod(nn.Module):
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def build_backbone(cls, model: str | None, model_options: dict | None, **fixed) -> nn.Module:
+    def backbone_model_options(cls, model_options: dict, patch_size: tuple[int, ...]) -> dict:
+        """The user's backbone options completed for this method (hook; DINO sizes the ViT's
+        position table for the crop)."""
+        return model_options
+
+    @classmethod
+    def create(cls, model: str, model_options: dict | None, patch_size: Sequence[int],
+               num_structures: int = 1, **options) -> "SSLMethod":
+        """The method around a fresh ``model`` backbone (called by
+        :func:`selma3d.ssl.registry.build_method`, which checks the model is allowed)."""
         from ..models import build_model
 
-        model = model or cls.default_model
-        if cls.allowed_models and model not in cls.allowed_models:
-            raise Selma3dError(f"method {cls.name!r} works with model(s) {', '.join(cls.allowed_models)}, "
-                               f"not {model!r}")
-        options = dict(cls.default_model_options if model_options is None else {})
-        options.update(model_options or {})
-        options.update(fixed)
-        return build_model(model, **options)
-
-
-def method_names() -> list[str]:
-    return list(METHODS)
-
-
-def method_class(name: str) -> type[SSLMethod]:
-    if name not in METHODS:
-        raise Selma3dError(f"unknown SSL method {name!r}; choose one of: {', '.join(METHODS)}")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def build_method(name: str, *, model: str | None = None, model_options: dict | None = None,
-                 patch_size: Sequence[int] = (32, 32, 32), num_structures: int = 1,
-                 **options) -> SSLMethod:
-    """Build SSL method ``name`` around a fresh backbone.
-
-    ``model``/``model_options`` choose the backbone (default: the method's own), ``patch_size``
-    is the sampler's (z, y, x) patch size, ``num_structures`` the number of structure classes;
-    other keyword options go to the method (e.g. ``base_momentum`` for BYOL).
-    """
-    cls = method_class(name)
-    try:
-        return cls.create(model=model, model_options=model_options, patch_size=tuple(patch_size),
-                          num_structures=num_structures, **options)
-    except TypeError as exc:
-        raise Selma3dError(f"method {name!r}: bad option ({exc})") from None
-
-
-# -- shared building blocks ----------------------------------------------------------------
-
-def pooled(features: torch.Tensor) -> torch.Tensor:
-    """Global average pooling of a (B, C, *spatial) feature map to (B, C)."""
-    return features.flatten(2).mean(dim=2) if features.ndim > 2 else features
-
-
-def mlp(in_dim: int, hidden: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:
-    """Linear → (BatchNorm) → ReLU → Linear: the BYOL/SimCLR projector and predictor."""
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden)]
-    if batch_norm:
-        layers.append(nn.BatchNorm1d(hidden))
-    layers += [nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)]
-    return nn.Sequential(*layers)
-
-
-def cosine_momentum(step: int, max_steps: int, base: float) -> float:
-    """EMA momentum rising from ``base`` to 1 on a cosine (BYOL, DINO):
-    tau = 1 - (1 - base) * (cos(pi * step / max_steps) + 1) / 2."""
-    progress = min(max(step / max(max_steps, 1), 0.0), 1.0)
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
-
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A gradient-free deep copy, the start of an EMA target/teacher network."""
-    target = copy.deepcopy(module)
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return target
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target ← momentum · target + (1 − momentum) · online, parameter-wise; buffers copied."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
+        patch_size = tuple(patch_size)
+        backbone_options = cls.backbone_model_options(dict(model_options or {}), patch_size)
+        backbone_options.update(cls.backbone_options)
+        backbone = build_model(model, **backbone_options)
+        if "num_structures" in inspect.signature(cls.__init__).parameters:
+            return cls(backbone, patch_size, num_structures=num_structures, **options)
+        return cls(backbone, patch_size, **options)
 
 
 def embedding_spread(z: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,9 @@
 Online network: encoder → global average pool → projector MLP → predictor MLP. Target network:
 an EMA copy of encoder + projector, momentum rising from ``base_momentum`` (0.996) to 1 on a
 cosine. Two augmented views of each patch (random resized crop, flips, intensity scale/shift,
-Gaussian blur, noise); the loss is the symmetrized normalized MSE 2 − 2·cos between the online
-prediction of one view and the (stop-gradient) target projection of the other.
+Gaussian blur, noise); the loss (:func:`selma3d.ssl.losses.byol_loss`) is the symmetrized
+normalized MSE 2 − 2·cos between the online prediction of one view and the (stop-gradient)
+target projection of the other.
 """
 
 from __future__ import annotations
@@ -12,35 +13,16 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import SSLMethod, cosine_momentum, ema_update, embedding_spread, frozen_copy, mlp, pooled
+from .base import SSLMethod, embedding_spread
+from .ema import cosine_momentum, ema_update, frozen_copy
+from .heads import ProjectedEncoder, mlp
+from .losses import byol_loss
 from .views import augment_3d
 
 
-def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """2 − 2·cos(p, z) per sample; z is treated as a constant."""
-    return 2.0 - 2.0 * F.cosine_similarity(p, z.detach(), dim=-1)
-
-
-class _Projected(nn.Module):
-    """Backbone encoder features → pooled vector → projector MLP."""
-
-    def __init__(self, backbone: nn.Module, projector: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = projector
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(pooled(self.backbone.encode(x)))
-
-
 class BYOL(SSLMethod):
-    name = "byol"
-    default_model = "unet3d"
-    allowed_models = ("unet3d", "swinunetr", "vit3d")
-
     def __init__(self, backbone: nn.Module, patch_size: Sequence[int], projection_dim: int = 256,
                  hidden_dim: int = 1024, base_momentum: float = 0.996,
                  crop_scale: tuple[float, float] = (0.3, 1.0)):
@@ -49,14 +31,10 @@ class BYOL(SSLMethod):
         self.patch_size = tuple(patch_size)
         self.base_momentum = float(base_momentum)
         self.crop_scale = tuple(crop_scale)
-        self.online = _Projected(backbone, mlp(backbone.encoder_channels, hidden_dim, projection_dim))
+        self.online = ProjectedEncoder(backbone, mlp(backbone.encoder_channels, hidden_dim, projection_dim))
         self.predictor = mlp(projection_dim, hidden_dim, projection_dim)
         self.target = frozen_copy(self.online)
         self.register_buffer("momentum", torch.tensor(self.base_momentum))
-
-    @classmethod
-    def create(cls, model=None, model_options=None, patch_size=(32, 32, 32), num_structures=1, **options):
-        return cls(cls.build_backbone(model, model_options, in_channels=1), patch_size, **options)
 
     def training_loss(self, batch):
         x = batch["image"]
@@ -66,9 +44,12 @@ class BYOL(SSLMethod):
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             t1, t2 = self.target(v1), self.target(v2)
-        loss = (normalized_mse(p1, t2) + normalized_mse(p2, t1)).mean()
+        loss = byol_loss(p1, p2, t1, t2)
         return loss, {"loss": loss.detach(), "momentum": self.momentum.clone(),
                       "embedding_std": embedding_spread(z1)}
+
+    def ema_pairs(self):
+        return [(self.target, self.online)]
 
     def on_after_step(self, step, max_steps):
         tau = cosine_momentum(step, max_steps, self.base_momentum)

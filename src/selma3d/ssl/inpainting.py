@@ -2,8 +2,9 @@
 
 Random grid-aligned 3D blocks covering ``mask_ratio`` of each patch are blanked out; the full
 network (3D U-Net or SwinUNETR, built with one output channel) reconstructs the patch, and the
-loss (L1 or MSE) is taken on the masked voxels only, so the network has to infer hidden
-structure from its context instead of copying visible voxels.
+loss (L1 or MSE, :func:`selma3d.ssl.losses.masked_reconstruction_loss`) is taken on the masked
+voxels only, so the network has to infer hidden structure from its context instead of copying
+visible voxels.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from torch import nn
 
 from ..errors import Selma3dError
 from .base import SSLMethod
+from .losses import masked_reconstruction_loss
 from .views import random_block_mask
 
 
 class Inpainting(SSLMethod):
-    name = "inpainting"
-    default_model = "unet3d"
-    allowed_models = ("unet3d", "swinunetr")
+    backbone_options = {"in_channels": 1, "out_channels": 1}  # the network outputs the image
 
     def __init__(self, backbone: nn.Module, patch_size: Sequence[int], mask_ratio: float = 0.5,
                  block_size: int | Sequence[int] | None = None, loss: str = "l1",
@@ -38,19 +38,11 @@ class Inpainting(SSLMethod):
         self.loss_kind = loss
         self.mask_value = float(mask_value)
 
-    @classmethod
-    def create(cls, model=None, model_options=None, patch_size=(32, 32, 32), num_structures=1, **options):
-        backbone = cls.build_backbone(model, model_options, in_channels=1, out_channels=1)
-        return cls(backbone, patch_size, **options)
-
     def training_loss(self, batch):
         x = batch["image"]
         mask = random_block_mask(x.shape, self.mask_ratio, self.block_size, device=x.device)
         corrupted = torch.where(mask, torch.full_like(x, self.mask_value), x)
         recon = self.backbone(corrupted)
-        error = (recon - x).abs() if self.loss_kind == "l1" else (recon - x) ** 2
-        masked = mask.to(error.dtype)
-        loss = (error * masked).sum() / masked.sum().clamp_min(1.0)
-        visible = (error * (1 - masked)).sum() / (1 - masked).sum().clamp_min(1.0)
+        loss, visible = masked_reconstruction_loss(recon, x, mask, self.loss_kind)
         return loss, {"loss": loss.detach(), "visible_error": visible.detach(),
-                      "masked_fraction": masked.mean().detach()}
+                      "masked_fraction": mask.to(torch.result_type(recon, x)).mean().detach()}

@@ -26,44 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import Selma3dError
-from .base import SSLMethod, pooled
+from .base import SSLMethod
+from .heads import pooled
+from .losses.shape import foreground_weights, shape_regression_loss, weighted_masked_l1
 from .shape_maps import DEFAULT_SCALES, DESCRIPTORS, shape_maps
 from .views import random_block_mask, random_intensity, random_noise
 
 TYPES = ("spot", "tree")
 
 
-def shape_regression_loss(predicted: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean squared error between predicted and target maps, each target channel divided by its
-    RMS over the batch, so blob, tube and plate maps at every scale weigh alike. (MSE, not
-    smooth-L1: the maps are sparse, and an L1-like loss settles on predicting 0 everywhere; on a
-    ball + tube pair the masked-voxel correlation reached 0.07 after 40 steps with smooth-L1
-    and ~0.5 with MSE.)
-    Returns (loss, the normalized targets)."""
-    rms = maps.pow(2).mean(dim=(0, 2, 3, 4), keepdim=True).sqrt().clamp_min(1e-6)
-    targets = maps / rms
-    return F.mse_loss(predicted, targets), targets
-
-
-def foreground_weights(targets: torch.Tensor, scales: int, strength: float) -> torch.Tensor:
-    """(B, 1, Z, Y, X) voxel weights 1 + strength · tanh(strongest blob or tube response)."""
-    per_scale = targets.unflatten(1, (scales, len(DESCRIPTORS)))
-    blob_or_tube = per_scale[:, :, [DESCRIPTORS.index("blob"), DESCRIPTORS.index("tube")]]
-    return 1.0 + strength * torch.tanh(blob_or_tube.flatten(1, 2).amax(dim=1, keepdim=True))
-
-
-def weighted_masked_l1(reconstruction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor,
-                       weights: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over the masked voxels only, each voxel weighted."""
-    w = weights * mask.to(weights.dtype)
-    return ((reconstruction - image).abs() * w).sum() / w.sum().clamp_min(1e-6)
-
-
 class ShapeAware(SSLMethod):
-    name = "shape"
-    default_model = "unet3d"
-    allowed_models = ("unet3d", "swinunetr")
-
     def __init__(self, backbone: nn.Module, patch_size: Sequence[int], num_structures: int = 1,
                  structure_types: Sequence[str] | None = None, scales: Sequence[float] = DEFAULT_SCALES,
                  mask_ratio: float = 0.4, block_size: int | Sequence[int] | None = None,
@@ -95,11 +67,16 @@ class ShapeAware(SSLMethod):
         self._bottleneck = output[-1] if isinstance(output, (list, tuple)) else output
 
     @classmethod
-    def create(cls, model=None, model_options=None, patch_size=(32, 32, 32), num_structures=1, **options):
+    def create(cls, model, model_options, patch_size, num_structures=1, **options):
+        """The base class's construction, with one output channel per map (plus the image): the
+        channel count depends on the ``scales`` option, which the class-level
+        ``backbone_options`` cannot know."""
+        from ..models import build_model
+
         scales = options.get("scales", DEFAULT_SCALES)
-        backbone = cls.build_backbone(model, model_options, in_channels=1,
-                                      out_channels=1 + len(DESCRIPTORS) * len(scales))
-        return cls(backbone, patch_size, num_structures=num_structures, **options)
+        backbone = build_model(model, **{**cls.backbone_model_options(dict(model_options or {}), tuple(patch_size)),
+                                         "in_channels": 1, "out_channels": 1 + len(DESCRIPTORS) * len(scales)})
+        return cls(backbone, tuple(patch_size), num_structures=num_structures, **options)
 
     def recipe(self) -> dict:
         """What encoder.pt records of this pretraining (the pretext tasks and their weights)."""

@@ -5,8 +5,8 @@ The SSL objectives need several differently augmented views of every patch in a 
 from the already-collated batch, on the GPU when there is one, so the loader only has to read
 patches. The operations are the standard ones (random resized crop, flips, intensity
 scale/shift, gamma, Gaussian blur with MONAI's ``GaussianFilter``, Gaussian noise, histogram
-equalization, block masking); each sample of the batch draws its own parameters.
-Works for 3D (B, C, D, H, W) and 2D (B, C, H, W) batches.
+equalization, CLAHE with scikit-image, quarter turns, block and token masking); each sample of
+the batch draws its own parameters. Works for 3D (B, C, D, H, W) and 2D (B, C, H, W) batches.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -80,6 +81,35 @@ def histogram_equalize(x: torch.Tensor) -> torch.Tensor:
     return (ranks / max(flat.shape[1] - 1, 1) * 2.0 - 1.0).reshape(x.shape)
 
 
+def clahe(x: torch.Tensor, clip_limit: float = 0.02) -> torch.Tensor:
+    """Contrast-limited adaptive histogram equalization (scikit-image) of each 2D slice of a
+    (B, 1, H, W) batch in [-1, 1]; runs on the CPU."""
+    from skimage.exposure import equalize_adapthist
+
+    out = []
+    for sample in x.detach().float().cpu().numpy():
+        plane = np.clip((sample[0] + 1.0) / 2.0, 0.0, 1.0)
+        out.append(equalize_adapthist(plane, clip_limit=clip_limit)[None] * 2.0 - 1.0)
+    return torch.as_tensor(np.stack(out), dtype=x.dtype, device=x.device)
+
+
+def random_contrast(x: torch.Tensor, p_gamma: float = 0.5, p_equalize: float = 0.2,
+                    p_clahe: float = 0.2) -> torch.Tensor:
+    """One contrast enhancement per sample: gamma, histogram equalization, CLAHE, or none."""
+    choice = torch.rand(x.shape[0])
+    out = x.clone()
+    gamma = choice < p_gamma
+    equal = (choice >= p_gamma) & (choice < p_gamma + p_equalize)
+    adapt = (choice >= p_gamma + p_equalize) & (choice < p_gamma + p_equalize + p_clahe)
+    if gamma.any():
+        out[gamma] = random_gamma(x[gamma], p=1.0)
+    if equal.any():
+        out[equal] = histogram_equalize(x[equal])
+    if adapt.any():
+        out[adapt] = clahe(x[adapt])
+    return out
+
+
 def random_blur(x: torch.Tensor, sigma: tuple[float, float] = (0.3, 1.5), p: float = 0.5) -> torch.Tensor:
     """Gaussian blur (MONAI ``GaussianFilter``) with a random sigma for a random subset."""
     from monai.networks.layers import GaussianFilter
@@ -129,3 +159,20 @@ def random_block_mask(shape: Sequence[int], ratio: float, block: Sequence[int] |
     for axis, k in enumerate(block):
         mask = mask.repeat_interleave(k, dim=axis + 2)
     return mask[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)]
+
+
+def random_token_mask(batch: int, tokens: int, ratio: tuple[float, float], device=None) -> torch.Tensor:
+    """Boolean (batch, tokens) mask: per sample a random ratio in ``ratio`` of the tokens (at
+    least 1, at most tokens − 1), chosen at random (iBOT's masked patch tokens)."""
+    ratios = torch.empty(batch).uniform_(*ratio)
+    scores = torch.rand(batch, tokens, device=device)
+    counts = (ratios * tokens).round().clamp(1, tokens - 1).long().to(device)
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return ranks < counts[:, None]
+
+
+def random_rotation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each (C, D, H, W) sample by k·90° in the (H, W) plane; returns (views, k)."""
+    k = torch.randint(0, 4, (x.shape[0],), device=x.device)
+    rotated = torch.stack([torch.rot90(sample, int(r), dims=(2, 3)) for sample, r in zip(x, k)])
+    return rotated, k

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import InputError
+from ..ssl.registry import method_names, method_spec
 
 SCRATCH = "scratch"
 MODES = ("full", "frozen", "linear")
@@ -52,7 +53,7 @@ PRESETS: dict[str, dict] = {
                 steps=100, pretrain_steps=200, pretrain_batch_size=4, num_workers=0, pretrain_workers=1,
                 augment="default"),
     # the recipe for one real GPU: every method with unet3d or its own backbone, every mode
-    "gpu": dict(methods=["byol", "inpainting", "multitask", "dino", "simclr", "shape"], modes=list(MODES),
+    "gpu": dict(methods=method_names(), modes=list(MODES),
                 labels=[1, 2, 4, None], seeds=[0, 1, 2], model_options=_GPU_MODELS, patch_size=64,
                 batch_size=4, steps=2000, pretrain_steps=20000, pretrain_batch_size=8, num_workers=4, pretrain_workers=4,
                 augment="default"),
@@ -103,12 +104,10 @@ class StudyPlan:
         return plan
 
     def validate(self) -> None:
-        from ..ssl.base import method_class
-
         for name in self.methods:
             if name == SCRATCH:
                 raise InputError("--methods lists SSL methods; the scratch arms are always run")
-            method_class(name)  # unknown → one-line error listing the methods
+            method_spec(name)  # unknown → one-line error listing the methods
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise InputError(f"--modes: {', '.join(bad) or '(none)'} unknown; choose from {', '.join(MODES)}")
@@ -134,12 +133,8 @@ class StudyPlan:
         """The backbone of a method's arms: the study's model if the method supports it, else its own."""
         if method == SCRATCH:
             return self.model
-        from ..ssl.base import method_class
-
-        cls = method_class(method)
-        if not cls.allowed_models or self.model in cls.allowed_models:
-            return self.model
-        return cls.default_model
+        spec = method_spec(method)
+        return self.model if self.model in spec.models else spec.default_model
 
     def options_for(self, model: str) -> dict:
         options = dict(self.model_options.get(model, {}))
