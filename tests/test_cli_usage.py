@@ -99,3 +99,18 @@ def test_a_genuine_bug_keeps_its_own_traceback(monkeypatch):
     monkeypatch.setattr(cli, "app_typer", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.app()
+
+
+def test_pretrain_spells_structures_and_quiet_like_the_other_commands():
+    """``--structures a,b`` and ``--quiet`` as in finetune and study; the old ``--structure`` and
+    ``--no-progress`` still work for one release, hidden from the help."""
+    from typer.testing import CliRunner
+
+    from selma3d.commands.pretrain import _structure_list
+
+    assert _structure_list("cfos, vessel", None) == ["cfos", "vessel"]
+    assert _structure_list(None, ["cfos", "vessel", "cfos"]) == ["cfos", "vessel"]
+    assert _structure_list("cfos", ["vessel"]) == ["cfos", "vessel"] and _structure_list(None, None) is None
+    text = CliRunner().invoke(app_typer, ["pretrain", "--help"], env={"COLUMNS": "200"}).output
+    assert "--structures" in text and "--quiet" in text
+    assert "--no-progress" not in text and "--structure " not in text

@@ -31,6 +31,12 @@ def parse_patch_size(text: str) -> tuple[int, int, int]:
     return tuple(parts)  # type: ignore[return-value]
 
 
+def _structure_list(structures: str | None, old: list[str] | None) -> list[str] | None:
+    """``--structures a,b`` (and the old repeatable ``--structure a --structure b``)."""
+    names = [n.strip() for n in (structures or "").split(",") if n.strip()] + list(old or [])
+    return list(dict.fromkeys(names)) or None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain(
@@ -44,8 +50,11 @@ def register(app: typer.Typer) -> None:
                                                          help="backbone option key=value (repeatable)"),
         method_option: Optional[List[str]] = typer.Option(None, "--method-option",
                                                           help="method option key=value (repeatable)"),
-        structure: Optional[List[str]] = typer.Option(None, "--structure",
-                                                      help="only volumes of this structure (repeatable)"),
+        structures: Optional[str] = typer.Option(None, "--structures",
+                                                 help="only volumes of these structures (comma-separated), as in "
+                                                      "finetune and study"),
+        structure: Optional[List[str]] = typer.Option(None, "--structure", hidden=True,
+                                                      help="old spelling of --structures (repeatable)"),
         max_steps: Optional[int] = typer.Option(None, help="optimizer steps in total [1000]"),
         patch_size: str = typer.Option("64", help="patch size N or Z,Y,X (after downsampling)"),
         batch_size: int = typer.Option(4),
@@ -64,7 +73,8 @@ def register(app: typer.Typer) -> None:
         accelerator: Optional[str] = typer.Option(None, help="auto | cpu | gpu [auto]"),
         strategy: Optional[str] = typer.Option(None, help="auto | ddp | ddp_spawn [auto]"),
         precision: Optional[str] = typer.Option(None, help="32-true | 16-mixed | bf16-mixed [32-true]"),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar or progress lines."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", hidden=True, help="old spelling of --quiet"),
         health_every: Optional[int] = typer.Option(None, help="SSL health (spread, rank, probe) every N steps; 0: off [250]"),
     ) -> None:
         """Self-supervised pretraining; writes RUN/encoder.pt for `selma3d finetune --pretrained`."""
@@ -94,11 +104,11 @@ def register(app: typer.Typer) -> None:
             method=method, data=str(data), out=str(out), model=model,
             model_options=parse_options(model_option, "--model-option"),
             method_options=parse_options(method_option, "--method-option"),
-            structures=list(structure) if structure else None,
+            structures=_structure_list(structures, structure),
             patch_size=parse_patch_size(patch_size), batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed,
             downsample_xy=downsample_xy, fg_threshold=fg_threshold if fg_fraction > 0 else None,
-            fg_fraction=fg_fraction, progress=progress,
+            fg_fraction=fg_fraction, progress=progress and not quiet,
             **{k: v for k, v in runtime.items() if v is not None})
         from ..paths import no_empty_output_on_failure
 
