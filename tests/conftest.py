@@ -5,6 +5,20 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test (modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): tiny networks gain nothing from
+    threads, OpenMP threads waiting on each other on a shared 2-core machine make every step several
+    times slower, and a subprocess run with OMP_NUM_THREADS=1 then reduces in the same order."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A synthetic SELMA3D-like dataset (``tiny`` preset, seed 0), written once per session."""

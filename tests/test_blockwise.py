@@ -40,12 +40,7 @@ RECORDED = {"method": "percentile", "per": "patch"}  # the run's normalization r
 SPEC = Normalization.from_dict(RECORDED)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from selma3d.io.nifti import read_nifti, write_nifti
 TINY_UNET = {"features": [4, 8, 16]}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 class PointwiseConv(nn.Module):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from selma3d.training.progress import LogProgress, format_duration, progress_display

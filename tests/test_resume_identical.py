@@ -40,14 +40,7 @@ HEALTH_EVERY = {"byol": STEPS, "dino": 0, "inpainting": 0}
 RUN_ONLY = {"out", "num_workers", "progress", "versions"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The killed process runs with OMP_NUM_THREADS=1: one thread here too, so every reduction
-    runs in the same order in both processes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def selma3d(*args, cwd: Path, kill_after: int | None = None) -> subprocess.CompletedProcess:

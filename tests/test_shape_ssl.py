@@ -14,12 +14,7 @@ from selma3d.ssl.losses import foreground_weights, shape_regression_loss, weight
 from selma3d.ssl.shape_maps import shape_maps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _ball_and_tube(size: int = 20) -> torch.Tensor:

@@ -26,13 +26,7 @@ from selma3d.ssl.registry import methods_markdown
 TINY = {name: spec.tiny_options() for name, spec in METHODS.items()}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def blob_patches(batch: int, size, seed: int = 0) -> torch.Tensor:

@@ -28,12 +28,7 @@ from selma3d.training.ssl_health import effective_rank, is_collapsed, spread
 SIZE = (16, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def blob_patches(batch: int, seed: int) -> torch.Tensor:

@@ -17,12 +17,7 @@ from selma3d.training.ssl_health import (COLUMNS, ProbeSet, effective_rank, is_c
 TINY_BYOL = dict(model_options={"features": [4, 8, 16]}, hidden_dim=32, projection_dim=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def blobs(batch: int, size=(16, 16, 16), seed: int = 0, noise: float = 0.1, half: int = 2, count: int = 3):

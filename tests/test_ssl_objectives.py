@@ -23,12 +23,7 @@ from selma3d.ssl.losses import (byol_loss, dino_cross_entropy, ibot_loss, koleo_
                                 teacher_entropy, teacher_probabilities, update_center, weighted_sum)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def record(module: nn.Module, what: str = "output") -> list:

@@ -13,12 +13,7 @@ import torch
 from selma3d.errors import InputError, Selma3dError
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 # --------------------------------------------------------------------------- plan

@@ -59,6 +59,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..blockgrid import Block, block_grid  # the grid is shared with selma3d.objects
 from ..data.normalize import normalize
 from ..errors import InputError, Selma3dError
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
@@ -81,31 +82,6 @@ EMPTY_FRACTION = 0.05
 
 
 # ------------------------------------------------------------------------------- block geometry
-
-@dataclass(frozen=True)
-class Block:
-    """One cell of the block grid: its flat ``index`` and its core ``[start, stop)`` per axis."""
-
-    index: int
-    grid_index: tuple[int, int, int]
-    start: tuple[int, int, int]
-    stop: tuple[int, int, int]
-
-    @property
-    def core(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
-
-
-def block_grid(shape: Sequence[int], block_size: Sequence[int]) -> list[Block]:
-    """The blocks tiling ``shape`` in C order (z slowest); edge blocks are smaller."""
-    counts = [math.ceil(n / b) for n, b in zip(shape, block_size)]
-    blocks = []
-    for flat, grid_index in enumerate(np.ndindex(*counts)):
-        start = tuple(int(i * b) for i, b in zip(grid_index, block_size))
-        stop = tuple(min(s + b, n) for s, b, n in zip(start, block_size, shape))
-        blocks.append(Block(flat, tuple(int(i) for i in grid_index), start, stop))
-    return blocks
-
 
 @dataclass(frozen=True)
 class BlockPlan:
