@@ -11,9 +11,9 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("convert")
     def convert(
-        slices_dir: Path = typer.Argument(..., help="Folder of 2D TIFF slices (one per z), or a multi-page "
+        slices_dir: Path = typer.Argument(..., metavar="SLICES_DIR", help="Folder of 2D TIFF slices (one per z), or a multi-page "
                                           "TIFF/OME-TIFF, OME-Zarr or NIfTI volume."),
-        out: Path = typer.Argument(..., help="Output OME-Zarr store (e.g. brain.zarr)."),
+        out: Path = typer.Argument(..., metavar="OUT", help="Output OME-Zarr store (e.g. brain.zarr)."),
         chunks: int = typer.Option(64, "--chunks", help="Chunk edge in voxels; memory use is about 2 slabs of this many slices."),
         spacing: Optional[tuple[float, float, float]] = typer.Option(
             None, "--spacing", help="Voxel spacing Z Y X in micrometers (default: the input's own, "

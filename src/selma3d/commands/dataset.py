@@ -18,7 +18,7 @@ def _type_option():
 
 @dataset_app.command("init")
 def init(
-    data: Path = typer.Argument(..., help="New (or empty) dataset folder."),
+    data: Path = typer.Argument(..., metavar="DATA", help="New (or empty) dataset folder."),
     spacing: Optional[str] = typer.Option(None, "--spacing", help="Default voxel spacing Z,Y,X in micrometers "
                                           "for volumes whose files record none."),
 ) -> None:
@@ -34,9 +34,9 @@ def init(
 
 @dataset_app.command("add-volume")
 def add_volume(
-    data: Path = typer.Argument(..., help="Dataset folder (from `selma3d dataset init`)."),
-    structure: str = typer.Argument(..., help="Structure name, e.g. axon, vessel, cfos."),
-    path: Path = typer.Argument(..., help="Unannotated volume: multi-page TIFF/OME-TIFF, OME-Zarr, TIFF slice "
+    data: Path = typer.Argument(..., metavar="DATA", help="Dataset folder (from `selma3d dataset init`)."),
+    structure: str = typer.Argument(..., metavar="STRUCTURE", help="Structure name, e.g. axon, vessel, cfos."),
+    path: Path = typer.Argument(..., metavar="PATH", help="Unannotated volume: multi-page TIFF/OME-TIFF, OME-Zarr, TIFF slice "
                                 "folder or NIfTI."),
     type: Optional[str] = _type_option(),
     link: bool = typer.Option(True, "--link/--convert", help="Link the volume where it lies (default) or convert "
@@ -66,10 +66,10 @@ def add_volume(
 
 @dataset_app.command("add-patch")
 def add_patch(
-    data: Path = typer.Argument(..., help="Dataset folder (from `selma3d dataset init`)."),
-    structure: str = typer.Argument(..., help="Structure name, e.g. axon."),
-    image: Path = typer.Argument(..., help="Image crop (NIfTI)."),
-    label: Path = typer.Argument(..., help="Its 0/1 label (NIfTI, same voxel grid)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Dataset folder (from `selma3d dataset init`)."),
+    structure: str = typer.Argument(..., metavar="STRUCTURE", help="Structure name, e.g. axon."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="Image crop (NIfTI)."),
+    label: Path = typer.Argument(..., metavar="LABEL", help="Its 0/1 label (NIfTI, same voxel grid)."),
     split: str = typer.Option(..., "--split", help="train, preliminary_test, final_test or a name of your own."),
     type: Optional[str] = _type_option(),
     case: Optional[str] = typer.Option(None, "--case", help="Case name (default STRUCTURE_NNN)."),
@@ -87,7 +87,7 @@ def add_patch(
 
 
 @dataset_app.command("check")
-def check(data: Path = typer.Argument(..., help="Dataset folder.")) -> None:
+def check(data: Path = typer.Argument(..., metavar="DATA", help="Dataset folder.")) -> None:
     """List every problem at once (shapes, dtypes, labels, pairs, spacing, types, splits); exit 1 if any."""
     from ..data.check import check_dataset
     from ..errors import Selma3dError

@@ -49,7 +49,7 @@ def run_step(args: list[str], log) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out: Path = typer.Argument(..., help="Folder for everything the demo writes."),
+        out: Path = typer.Argument(..., metavar="OUT", help="Folder for everything the demo writes."),
         mode: str = typer.Option("standard", "--mode", help="standard (minutes) or quick (about a minute)."),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:

@@ -31,8 +31,8 @@ HELP = (
 def register(app: typer.Typer) -> None:
     @app.command("evaluate", help=HELP)
     def evaluate(
-        pred: Path = typer.Argument(..., help="Prediction NIfTI file or folder."),
-        gt: Path = typer.Argument(..., help="Ground-truth NIfTI file or folder (e.g. DATA/annotated/final_test)."),
+        pred: Path = typer.Argument(..., metavar="PRED", help="Prediction NIfTI file or folder."),
+        gt: Path = typer.Argument(..., metavar="GT", help="Ground-truth NIfTI file or folder (e.g. DATA/annotated/final_test)."),
         out: Path = typer.Option(Path("metrics.json"), "--out", help="Metrics JSON to write."),
         csv: Optional[Path] = typer.Option(None, "--csv", help="Also write one CSV row per case."),
         jobs: int = typer.Option(0, "--jobs", "-j", help="Cases scored in parallel (0: one per CPU, at most 8)."),

@@ -22,8 +22,8 @@ HELP = (
 def register(app: typer.Typer) -> None:
     @app.command("leaderboard", help=HELP)
     def leaderboard(
-        gt: Path = typer.Argument(..., help="Ground-truth NIfTI folder."),
-        submissions: List[str] = typer.Argument(..., help="TEAM=PRED_DIR, one per submission."),
+        gt: Path = typer.Argument(..., metavar="GT", help="Ground-truth NIfTI folder."),
+        submissions: List[str] = typer.Argument(..., metavar="SUBMISSIONS", help="TEAM=PRED_DIR, one per submission."),
         out: Optional[Path] = typer.Option(None, "--out", help="Folder for leaderboard.{md,csv,tex,json} "
                                            "and teams/<team>.json."),
         jobs: int = typer.Option(0, "--jobs", "-j", help="Cases scored in parallel (0: one per CPU, at most 8)."),

@@ -22,9 +22,9 @@ def is_whole_volume(path: Path) -> bool:
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
-        input: Path = typer.Argument(..., help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder, a "
+        input: Path = typer.Argument(..., metavar="INPUT", help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder, a "
                                      "multi-page TIFF/OME-TIFF file or an OME-Zarr volume (DIR.zarr/1: one level)."),
-        output: Path = typer.Argument(..., help="Output NIfTI file (for one input) or folder; for a whole volume an OUT.zarr mask or a TIFF slice folder."),
+        output: Path = typer.Argument(..., metavar="OUTPUT", help="Output NIfTI file (for one input) or folder; for a whole volume an OUT.zarr mask or a TIFF slice folder."),
         model: List[Path] = typer.Option(..., "--model", help="Run folder of `selma3d finetune`; give one spot "
                                          "and one tree run together with --router."),
         router: Optional[Path] = typer.Option(None, "--router", help="router.pt (or its run folder) from "

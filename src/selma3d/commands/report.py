@@ -11,7 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
-        metrics: Path = typer.Argument(..., help="metrics.json written by `selma3d evaluate`."),
+        metrics: Path = typer.Argument(..., metavar="METRICS", help="metrics.json written by `selma3d evaluate`."),
         out: Path = typer.Option(..., "--out", help="Folder for index.html and figures/."),
         pred: Optional[Path] = typer.Option(None, "--pred", help="Prediction NIfTI file or folder."),
         gt: Optional[Path] = typer.Option(None, "--gt", help="Ground-truth folder (<case>_label.nii.gz)."),

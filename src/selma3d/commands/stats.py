@@ -11,7 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(
-        mask: Path = typer.Argument(..., help="Binary mask: a .zarr store, a TIFF slice folder or a NIfTI file "
+        mask: Path = typer.Argument(..., metavar="MASK", help="Binary mask: a .zarr store, a TIFF slice folder or a NIfTI file "
                                     "(e.g. the output of `selma3d predict`)."),
         out: Path = typer.Option(..., "--out", help="Output folder: labels.zarr, objects.csv/.parquet, "
                                  "density.zarr, summary.csv (+ skeleton.zarr, branches.csv for --type tree)."),

@@ -10,7 +10,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("synth")
     def synth(
-        out: Path = typer.Argument(..., help="Output folder (must be empty or absent)."),
+        out: Path = typer.Argument(..., metavar="OUT", help="Output folder (must be empty or absent)."),
         preset: str = typer.Option("small", "--preset", help="tiny (seconds), small (about a minute) or "
                                    "full (the challenge's shape: ~75 GB, hours)."),
         seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same dataset."),
