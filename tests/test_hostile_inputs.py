@@ -429,6 +429,12 @@ CASES = [
 
     # ---- stats (issue 9): inputs on different grids, a mask that is not binary, outputs that
     # would overwrite an input or cannot be written; nothing may be left behind
+    Case("export-model-is-not-a-run", lambda w: ["export", "--model", w.folder("notrun", "readme.txt"), "--out", w.tmp / "m.zip"],
+         ("{tmp}/notrun", "model.pt missing")),
+    Case("export-model-missing", lambda w: ["export", "--model", w.tmp / "missing", "--out", w.tmp / "m.zip"],
+         ("{tmp}/missing", "no such file")),
+    Case("export-out-not-zip", lambda w: ["export", "--model", w.run, "--out", w.tmp / "m.txt"],
+         ("{tmp}/m.txt", ".zip")),
     Case("stats-mask-and-image-shapes-differ", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), "--image",
                                                                 w.nii("i.nii.gz", shape=(16, 20, 24))),
          ("i.nii.gz", "(16, 20, 24)", "same voxel grid")),

@@ -283,6 +283,5 @@ def test_ddp_two_cpu_processes(tiny_dataset, tmp_path):
                   "--max-steps", "2", "--num-workers", "0", "--fg-fraction", "0.02",
                   "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "distributed_backend=gloo" in result.stderr + result.stdout
-    assert "All distributed processes registered. Starting with 2 processes" in result.stderr + result.stdout
+    # (Lightning's gloo banners are silenced now; tests/test_ddp.py checks the two ranks themselves)
     assert torch.load(out / "encoder.pt", weights_only=True)["steps"] == 2

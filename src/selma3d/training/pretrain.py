@@ -270,9 +270,9 @@ def _same_setting(name: str, saved, given, method: str | None = None) -> bool:
     if name == "data":
         return Path(str(saved)).expanduser().resolve() == Path(str(given)).expanduser().resolve()
     if name == "model" and method:
-        from ..ssl.base import method_class
+        from ..ssl.registry import method_spec
 
-        default = method_class(method).default_model
+        default = method_spec(method).default_model
         saved, given = saved or default, given or default
     return json.loads(json.dumps(saved, default=str)) == json.loads(json.dumps(given, default=str))
 
