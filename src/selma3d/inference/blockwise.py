@@ -479,17 +479,13 @@ def output_kind(output: Path) -> str:
 def _describe_input(source, volume) -> dict:
     """What identifies the input, so a resumed run refuses another one (cheap for huge inputs:
     a TIFF folder's file names/sizes/times, a Zarr store's metadata files, an array's content)."""
-    from ..io.zarrstore import describe_source
+    from ..io.zarrstore import describe_source, describe_zarr_store
 
     info = {"shape": [int(s) for s in volume.shape], "dtype": np.dtype(volume.dtype).str}
     if isinstance(source, str):
         path = Path(source)
         if path.is_dir() and (path / "zarr.json").is_file():
-            digest = hashlib.sha1()
-            for meta in sorted(path.rglob("zarr.json")):
-                if len(meta.relative_to(path).parts) <= 2:
-                    digest.update(meta.read_bytes())
-            return info | {"path": str(path.resolve()), "fingerprint": digest.hexdigest()}
+            return info | describe_zarr_store(path)
         return info | describe_source(volume if hasattr(volume, "files") else path)
     if isinstance(volume, np.ndarray):
         from dask.base import tokenize

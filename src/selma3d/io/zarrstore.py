@@ -153,6 +153,17 @@ def describe_source(source) -> dict:
     return {"path": str(path), "fingerprint": digest.hexdigest()}
 
 
+def describe_zarr_store(path: str | os.PathLike) -> dict:
+    """What identifies a Zarr store without reading its chunks: its path and a fingerprint of the
+    metadata files of the group and its arrays (shape, chunks, codecs, attributes)."""
+    path = Path(path)
+    digest = hashlib.sha1()
+    for meta in sorted(path.rglob("zarr.json")):
+        if len(meta.relative_to(path).parts) <= 2:
+            digest.update(meta.read_bytes())
+    return {"path": str(path.resolve()), "fingerprint": digest.hexdigest()}
+
+
 # -------------------------------------------------------------------------------- conversion
 
 def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,

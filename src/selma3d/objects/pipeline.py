@@ -24,7 +24,6 @@ skeleton graph — never the volume.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -54,15 +53,11 @@ DEFAULT_DENSITY_FACTOR = 8
 def _describe(path: Path, volume) -> dict:
     """What identifies an input, cheaply even when it is huge (see the journal's identity check)."""
     from ..io.volume import is_zarr
-    from ..io.zarrstore import describe_source
+    from ..io.zarrstore import describe_source, describe_zarr_store
 
     info = {"shape": [int(s) for s in volume.shape], "dtype": np.dtype(volume.dtype).str}
     if is_zarr(path):
-        digest = hashlib.sha1()
-        for meta in sorted(path.rglob("zarr.json")):
-            if len(meta.relative_to(path).parts) <= 2:
-                digest.update(meta.read_bytes())
-        return info | {"path": str(path.resolve()), "fingerprint": digest.hexdigest()}
+        return info | describe_zarr_store(path)
     return info | describe_source(volume if hasattr(volume, "files") else path)
 
 
