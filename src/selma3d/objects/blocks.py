@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..blockgrid import Block, block_grid  # noqa: F401  (re-exported for the objects modules)
+from ..blockgrid import Block
 from ..errors import InputError
 
 DEFAULT_BLOCK_SIZE = (128, 256, 256)

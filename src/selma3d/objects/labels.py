@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 import cc3d
 import numpy as np
 
-from .blocks import Block, block_grid, read_binary
+from ..blockgrid import Block, block_grid
+from .blocks import read_binary
 
 LABEL_DTYPE = np.uint64
 

@@ -37,7 +37,8 @@ import numpy as np
 
 from ..errors import InputError
 from . import density as density_mod
-from .blocks import DEFAULT_BLOCK_SIZE, block_grid, read
+from ..blockgrid import block_grid
+from .blocks import DEFAULT_BLOCK_SIZE, read
 from .journal import JOURNAL_FILE, Journal
 from .labels import LABEL_DTYPE, block_faces, block_lut, local_components, relabel_block, resolve
 from .omezarr import create_image, finish_image

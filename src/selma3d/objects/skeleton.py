@@ -29,7 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .blocks import Block, grown, read_binary
+from ..blockgrid import Block
+from .blocks import grown, read_binary
 
 DEFAULT_HALO = 16
 BRANCH_TYPES = {0: "endpoint-endpoint", 1: "junction-endpoint", 2: "junction-junction", 3: "cycle"}
