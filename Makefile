@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,bioimageio,napari]' -c constraints.txt
+	$(BIN)/pip install --quiet -e '.[test,bioimageio,napari,distributed]' -c constraints.txt
 	# bioimageio.core pins bioimageio.spec 0.5.12.0, broken with pydantic 2.14; its other dependencies come with the extra
 	$(BIN)/pip install --quiet --no-deps bioimageio.core -c constraints.txt
 	# 2025 edition: Betti-Matching-3D ships inside topolosses, which declares torchvision (unusable here)

@@ -48,11 +48,7 @@ def _scores(run_dir, data, split, kind):
 
 @pytest.mark.parametrize("structure, kind", [
     ("cfos", "spot"),
-    # Known regression, issue 8: shifted-split clDice 0.744 vs Otsu 0.766 in CI after session 3's
-    # merges (0.804 before); not yet bisected (the per-crop deterministic sampling is the first
-    # suspect). xfail, not skipped: the run still reports its numbers and turns XPASS when fixed.
-    pytest.param("vessel", "tree", marks=pytest.mark.xfail(reason="regressed: 0.744 < Otsu 0.766 (issue 8)",
-                                                           strict=False)),
+    ("vessel", "tree"),
 ])
 def test_default_finetuning_beats_otsu_on_the_shifted_split(shifted_small, tmp_path, structure, kind):
     import torch
