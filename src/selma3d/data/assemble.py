@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..utils.atomic import write_json
 from .layout import STRUCTURE_TYPES
 
 META = "dataset.json"
@@ -80,10 +81,7 @@ def read_meta(root: Path) -> dict:
 
 def write_meta(root: Path, meta: dict) -> Path:
     path = root / META
-    tmp = root / f".{META}.partial"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, meta, indent=1, default=None, mkdir=False)
 
 
 @contextlib.contextmanager

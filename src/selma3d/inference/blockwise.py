@@ -62,6 +62,7 @@ import numpy as np
 from ..blockgrid import Block, block_grid  # the grid is shared with selma3d.objects
 from ..data.normalize import normalize
 from ..errors import InputError, Selma3dError
+from ..utils.atomic import atomic_path, write_json
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
 from .windows import PRECISIONS, WindowGrid, accumulate_windows, blend
 
@@ -143,10 +144,8 @@ class OverlapStore:
         return Path(self.folder) / f"skipped_{producer}"
 
     def put(self, producer: int, consumer: int, sums: np.ndarray, counts: np.ndarray) -> None:
-        path = self.piece(producer, consumer)
-        tmp = path.with_name(f".{path.stem}.partial.npy")
-        np.save(tmp, np.stack([sums, counts]))
-        os.replace(tmp, path)
+        with atomic_path(self.piece(producer, consumer), suffix=".npy", mkdir=False) as tmp:
+            np.save(tmp, np.stack([sums, counts]))
 
     def mark_skipped(self, producer: int) -> None:
         self._skipped(producer).touch()
@@ -182,10 +181,8 @@ class RimStore:
         for axis in range(3):
             n = mask.shape[axis]
             for side, part in (("lo", slice(0, min(self.margin, n))), ("hi", slice(max(n - self.margin, 0), n))):
-                path = self._slab(block.index, axis, side)
-                tmp = path.with_name(f".{path.stem}.partial.npy")
-                np.save(tmp, mask[(slice(None),) * axis + (part,)])
-                os.replace(tmp, path)
+                with atomic_path(self._slab(block.index, axis, side), suffix=".npy", mkdir=False) as tmp:
+                    np.save(tmp, mask[(slice(None),) * axis + (part,)])
 
     def read(self, neighbour: Block, box: Sequence[slice]) -> np.ndarray | None:
         """``raw[box]`` for a box inside ``neighbour``'s core within ``margin`` of one of its
@@ -405,9 +402,7 @@ class _Progress:
     def save(self) -> None:
         for phase, indices in self.state["done"].items():
             self.state["done"][phase] = sorted(set(indices))
-        tmp = self.path.with_name(f".{self.path.name}.partial")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.state, indent=1, default=None, newline=False, mkdir=False)
         self._last_save = time.monotonic()
         for path in self._discard:
             path.unlink(missing_ok=True)

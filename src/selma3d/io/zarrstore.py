@@ -25,6 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from ..errors import InputError, Selma3dError
+from ..utils.atomic import write_json
 
 PROGRESS_FILE = "selma3d_conversion.json"
 PROGRESS_FORMAT = "selma3d-conversion/1"
@@ -116,12 +117,6 @@ def ome_metadata(level_shapes: Sequence[Sequence[int]], spacing: Sequence[float]
 
 
 # ---------------------------------------------------------------------------------- progress
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
 
 def _read_progress(store: Path) -> dict | None:
     path = store / PROGRESS_FILE
@@ -222,7 +217,7 @@ def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,
             fill_value=0, dimension_names=("z", "y", "x")))
 
     def save():
-        _write_json_atomic(out / PROGRESS_FILE, state)
+        write_json(out / PROGRESS_FILE, state, indent=1, default=None, newline=False)
 
     def slabs(n):
         return [(i, i * chunks, min((i + 1) * chunks, n)) for i in range(-(-n // chunks))]
@@ -290,7 +285,7 @@ def _prepare_store(out: Path, params: dict, source_info: dict, overwrite: bool) 
             return state
     out.mkdir(parents=True, exist_ok=True)
     state = {"format": PROGRESS_FORMAT, "source": source_info, "params": params, "done": {}, "complete": False}
-    _write_json_atomic(out / PROGRESS_FILE, state)  # before any data, so a kill leaves a resumable store
+    write_json(out / PROGRESS_FILE, state, indent=1, default=None, newline=False)  # before any data, so a kill leaves a resumable store
     zarr.open_group(str(out), mode="a", zarr_format=3, attributes={"selma3d": {"conversion": "incomplete"}})
     return state
 

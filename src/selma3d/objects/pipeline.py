@@ -24,9 +24,7 @@ skeleton graph — never the volume.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 from ..errors import InputError
 from . import density as density_mod
 from ..blockgrid import block_grid
+from ..utils.atomic import atomic_path, write_json
 from .blocks import DEFAULT_BLOCK_SIZE, read
 from .journal import JOURNAL_FILE, Journal
 from .labels import LABEL_DTYPE, block_faces, block_lut, local_components, relabel_block, resolve
@@ -91,9 +90,8 @@ def _check_binary(block: np.ndarray, seen: list, where: str) -> None:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.name}.partial.npz")
-    np.savez_compressed(tmp, **arrays)  # faces are mostly zeros
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)  # faces are mostly zeros
 
 
 def _prepare_output(out: Path, identity: dict, overwrite: bool) -> bool:
@@ -329,9 +327,8 @@ def _run(journal: Journal, out: Path, mask, image, regions, kind, chunks, spacin
     import pandas as pd
 
     frame = pd.DataFrame(rows)
-    tmp = out / ".summary.csv.partial"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out / "summary.csv")
+    with atomic_path(out / "summary.csv") as tmp:
+        frame.to_csv(tmp, index=False)
     totals = {"objects": len(table), "shape": list(shape), "spacing_um": list(spacing), "kind": kind,
               "volume_mm3": rows[0]["volume_mm3"], "objects_per_mm3": rows[0]["objects_per_mm3"]}
     if tree_counts is not None:
@@ -339,9 +336,7 @@ def _run(journal: Journal, out: Path, mask, image, regions, kind, chunks, spacin
                                                "branch_points_per_mm3", "endpoints")})
         totals["branches"] = int(len(branches))
     totals["identity"] = journal.state["identity"]
-    tmp = out / ".stats.json.partial"
-    tmp.write_text(json.dumps(totals, indent=1))
-    os.replace(tmp, out / "stats.json")
+    write_json(out / "stats.json", totals, indent=1, default=None, newline=False)
 
     info = {"mask": str(mask_path), "kind": kind}
     finish_image(out / "labels.zarr", spacing, info | {"content": "instance labels (26-connected)",
