@@ -63,6 +63,7 @@ from ..blockgrid import Block, block_grid  # the grid is shared with selma3d.obj
 from ..data.normalize import normalize
 from ..errors import InputError, Selma3dError
 from ..utils.atomic import atomic_path, write_json
+from ..utils.triples import parse_triple
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
 from .windows import PRECISIONS, WindowGrid, accumulate_windows, blend
 
@@ -117,13 +118,6 @@ def plan_blocks(grid: WindowGrid) -> list[BlockPlan]:
                 producers[other.index].append(b.index)
     return [BlockPlan(b, stops[b.index], tuple(sorted(producers[b.index])), tuple(consumers[b.index]))
             for b in blocks]
-
-
-def _triple(name: str, value) -> tuple[int, int, int]:
-    values = (value,) * 3 if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) for v in values) or any(v < 1 for v in values):
-        raise InputError(f"{name} needs one or three positive integers (z y x), got {value!r}")
-    return tuple(int(v) for v in values)
 
 
 # ---------------------------------------------------------------------------- the overlap store
@@ -644,7 +638,7 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
     spec = run.normalization
     model = run.model.eval()
     patch_size = tuple(int(p) for p in run.patch_size)
-    block_size = _triple("--block-size", block_size)
+    block_size = parse_triple(block_size, "--block-size")
     threshold = run.threshold if threshold is None else float(threshold)
 
     source = str(Path(input)) if isinstance(input, (str, os.PathLike)) else None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +25,7 @@ from zarr.codecs import BloscCodec
 
 from ..errors import InputError, Selma3dError
 from ..utils.atomic import write_json
+from ..utils.triples import parse_triple
 
 PROGRESS_FILE = "selma3d_conversion.json"
 PROGRESS_FORMAT = "selma3d-conversion/1"
@@ -189,9 +189,7 @@ def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,
                          f"expected a non-empty 3D (z, y, x) volume, got shape {shape}")
     if chunks < 1:
         raise InputError(f"--chunks must be a positive number of voxels, got {chunks}")
-    spacing = [float(s) for s in spacing]
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"--spacing needs three positive numbers (z y x), got {spacing}")
+    spacing = list(parse_triple(spacing, "--spacing", float, allow_single=False))
     dtype = np.dtype(volume.dtype)
     if dtype == bool:
         raise InputError("boolean volumes cannot be converted; cast to uint8 first")

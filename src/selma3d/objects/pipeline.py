@@ -37,6 +37,7 @@ from ..errors import InputError
 from . import density as density_mod
 from ..blockgrid import block_grid
 from ..utils.atomic import atomic_path, write_json
+from ..utils.triples import parse_triple
 from .blocks import DEFAULT_BLOCK_SIZE, read
 from .journal import JOURNAL_FILE, Journal
 from .labels import LABEL_DTYPE, block_faces, block_lut, local_components, relabel_block, resolve
@@ -148,9 +149,7 @@ def run_stats(mask, out, *, image=None, kind: str = "spot", block_size: Sequence
         raise InputError(f"{regions_path}: region labels must be integers, got dtype {regions.dtype}")
     if spacing is None:
         spacing = volume_spacing(mask_path) or (1.0, 1.0, 1.0)
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"--spacing needs three positive numbers (z,y,x), got {spacing}")
+    spacing = parse_triple(spacing, "--spacing", float, allow_single=False)
     chunks = tuple(min(b, n) for b, n in zip(block_size, shape))
 
     options = {"kind": kind, "block_size": list(chunks), "spacing": list(spacing),
