@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selma3d.errors import InputError
-from selma3d.training.finetune import FinetuneConfig, SegmentationModule, finetune, warmup_cosine
+from selma3d.training.finetune import LR_FLOOR, FinetuneConfig, SegmentationModule, finetune, warmup_cosine
 
 
 def _config(data, out, **overrides):
@@ -41,7 +41,7 @@ def test_sawtooth_learning_rates_per_group():
     # encoder: nothing while the decoder warms up, then its own warm-up, then cosine to the end
     assert [module.encoder_factor(s) for s in range(5)] == [0.0] * 5
     assert module.encoder_factor(5) == pytest.approx(0.5) and module.encoder_factor(6) == pytest.approx(1.0)
-    assert module.encoder_factor(19) == pytest.approx(warmup_cosine(14, 2, 15))
+    assert module.encoder_factor(19) == pytest.approx(warmup_cosine(14, 2, 15, LR_FLOOR))
     # constant: one group, one factor
     plain = SegmentationModule(build_model("unet3d", features=[4, 8, 16]), schedule="constant")
     assert len(plain.configure_optimizers()["optimizer"].param_groups) == 1

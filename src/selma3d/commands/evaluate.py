@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
                                                   "> THRESHOLD (needed for probability maps; not official)."),
     ):
         from ..errors import InputError, Selma3dError
-        from ..evaluation.challenge import evaluate as run, format_summary, official_metrics, write_csv, write_json
+        from ..evaluation.challenge import evaluate as run, format_summary, official_metrics, write_csv, write_result
         from ..paths import check_input, check_output
 
         if output_format not in ("selma3d", "official"):
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
 
         result = run(pred, gt, jobs=jobs or None, progress=not quiet, structure=structure, edition=edition,
                      threshold=threshold, strict=strict)
-        write_json(official_metrics(result) if output_format == "official" else result, out)
+        write_result(out, official_metrics(result) if output_format == "official" else result)
         if csv is not None:
             write_csv(result["cases"], csv)
         for failure in result["failures"]:

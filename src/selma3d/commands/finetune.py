@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
+from ..utils.triples import parse_triple
 
 
 def _patch_size(first: Optional[str], rest: list[str]) -> Optional[list[int]]:
@@ -17,14 +18,7 @@ def _patch_size(first: Optional[str], rest: list[str]) -> Optional[list[int]]:
         if rest:
             raise InputError(f"unexpected arguments: {' '.join(rest)}")
         return None
-    parts = [p for p in first.replace("x", ",").split(",") if p] + list(rest)
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        raise InputError(f"--patch-size expects one or three integers (Z Y X), got {' '.join(parts)}") from None
-    if len(sizes) not in (1, 3):
-        raise InputError(f"--patch-size expects one or three integers (Z Y X), got {' '.join(parts)}")
-    return sizes
+    return list(parse_triple(" ".join([first, *rest]), "--patch-size"))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,25 +1,9 @@
-"""Parsing of repeatable ``key=value`` command-line options shared by the sub-commands."""
+"""Option checks shared by the sub-commands (``key=value`` parsing lives in :mod:`selma3d.utils.options`)."""
 
 from __future__ import annotations
 
 from ..errors import InputError
-
-
-def parse_options(pairs: list[str] | None, flag: str) -> dict:
-    """``["features=[4,8,16]", "norm=batch"]`` → dict; values are read as YAML (``8``, ``0.5``,
-    ``[16,32]``, ``true``); ``-`` in keys becomes ``_``."""
-    import yaml
-
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"{flag} expects key=value, got {pair!r}")
-        try:
-            options[key.strip().replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise InputError(f"{flag} {pair!r}: cannot read the value ({exc})") from None
-    return options
+from ..utils.options import parse_options  # noqa: F401  (the commands import it from here)
 
 
 def check_device(device: str | None, flag: str = "--device") -> None:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from ..utils.triples import parse_triple
+
 
 def is_whole_volume(path: Path) -> bool:
     """A Zarr store (or one level of it), a multi-page TIFF file or a folder of TIFF slices (and no
@@ -96,11 +98,7 @@ def register(app: typer.Typer) -> None:
             volume_spacing(input)
             options = {}
             if block_size:
-                try:
-                    parts = [int(v) for v in block_size.replace(",", " ").split()]
-                except ValueError:
-                    raise InputError(f"--block-size expects N or Z,Y,X integers, got {block_size!r}") from None
-                options["block_size"] = parts[0] if len(parts) == 1 else tuple(parts)
+                options["block_size"] = parse_triple(block_size, "--block-size")
             path = predict_whole_volume(str(model[0]), input, output, overlap=overlap, tta_flips=tta,
                                         threshold=threshold, min_size=min_size, skip_empty=skip_empty,
                                         probabilities=probabilities, batch_size=batch_size, precision=precision,

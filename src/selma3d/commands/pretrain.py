@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import Selma3dError
 from ..ssl.registry import default_models, method_names, method_spec
+from ..utils.triples import parse_triple
 from .options import parse_options
 
 
@@ -16,19 +16,6 @@ from .options import parse_options
 CONFIG_FIELDS = {"model_option": "model_options", "method_option": "method_options", "structure": "structures"}
 PRETRAIN_FIELDS = ("data", "model", "model_options", "method_options", "structures", "patch_size", "batch_size",
                    "lr", "weight_decay", "warmup_steps", "seed", "downsample_xy", "fg_threshold", "fg_fraction")
-
-
-def parse_patch_size(text: str) -> tuple[int, int, int]:
-    """``64`` or ``32,64,64`` (z,y,x)."""
-    try:
-        parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3 or min(parts) < 1:
-        raise Selma3dError(f"--patch-size must be N or Z,Y,X positive integers, got {text!r}")
-    return tuple(parts)  # type: ignore[return-value]
 
 
 def _structure_list(structures: str | None, old: list[str] | None) -> list[str] | None:
@@ -105,7 +92,7 @@ def register(app: typer.Typer) -> None:
             model_options=parse_options(model_option, "--model-option"),
             method_options=parse_options(method_option, "--method-option"),
             structures=_structure_list(structures, structure),
-            patch_size=parse_patch_size(patch_size), batch_size=batch_size, lr=lr,
+            patch_size=parse_triple(patch_size, "--patch-size"), batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed,
             downsample_xy=downsample_xy, fg_threshold=fg_threshold if fg_fraction > 0 else None,
             fg_fraction=fg_fraction, progress=progress and not quiet,

@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
         """Instance labels joined across blocks, per-object table (CSV + Parquet), density map, and for
         tree-like structures skeleton statistics; block by block, resumable after a kill."""
         from ..lockfile import output_lock
-        from ..objects.blocks import DEFAULT_BLOCK_SIZE, parse_triple
+        from ..objects.blocks import DEFAULT_BLOCK_SIZE
+        from ..utils.triples import parse_triple
         from ..objects.pipeline import run_stats
         from ..paths import check_input, check_output
 

@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..utils.atomic import write_json
+from ..utils.triples import parse_triple
 from .layout import STRUCTURE_TYPES
 
 META = "dataset.json"
@@ -38,16 +40,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 def parse_spacing(text: str | None, flag: str = "--spacing") -> tuple[float, float, float] | None:
     """``"2,1.6,1.6"`` (also ``2x1.6x1.6`` or ``"2 1.6 1.6"``) → (z, y, x) in micrometers."""
-    if text is None:
-        return None
-    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"{flag} expects three positive numbers Z,Y,X (micrometers), got {text!r}")
-    return values  # type: ignore[return-value]
+    return parse_triple(text, flag, float, allow_single=False,
+                        message=f"{flag} expects three positive numbers Z,Y,X (micrometers), got {{value!r}}")
 
 
 def check_name(name: str, what: str) -> str:
@@ -80,10 +74,7 @@ def read_meta(root: Path) -> dict:
 
 def write_meta(root: Path, meta: dict) -> Path:
     path = root / META
-    tmp = root / f".{META}.partial"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, meta, indent=1, default=None, mkdir=False)
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ import numpy as np
 from ..data.layout import STRUCTURE_TYPES, find_dataset_json, structure_from_name
 from ..errors import InputError, Selma3dError
 from ..io.nifti import case_name, grid_difference, is_nifti, read_nifti
+from ..utils.atomic import atomic_write, write_json
 from .editions import DEFAULT_EDITION, Edition, get_edition
 from .editions.base import Pitfall
 from .metrics import METRICS_BY_TYPE
@@ -439,17 +440,9 @@ def official_metrics(result: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- output
-def _atomic_write(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(result: dict, path: str | os.PathLike) -> Path:
-    return _atomic_write(path, json.dumps(result, indent=2) + "\n")
+def write_result(path: str | os.PathLike, result: dict) -> Path:
+    """An evaluate() result (or its official part) as JSON, atomically."""
+    return write_json(path, result, default=None)
 
 
 def cases_csv(cases: list[dict]) -> str:
@@ -463,7 +456,7 @@ def cases_csv(cases: list[dict]) -> str:
 
 
 def write_csv(cases: list[dict], path: str | os.PathLike) -> Path:
-    return _atomic_write(path, cases_csv(cases))
+    return atomic_write(path, cases_csv(cases))
 
 
 def format_summary(summary: dict) -> str:

@@ -32,7 +32,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..errors import InputError
-from .challenge import _atomic_write, evaluate, ground_truth_cases, write_json
+from ..utils.atomic import atomic_write
+from .challenge import evaluate, ground_truth_cases, write_result
 from .editions import DEFAULT_EDITION, get_edition
 
 METRIC_LABELS = {"dice": "Dice", "cldice": "clDice", "betti0_error": "β0 error", "betti1_error": "β1 error",
@@ -229,12 +230,12 @@ def to_latex(standings: list[TeamStanding]) -> str:
 def write_outputs(standings: list[TeamStanding], results: dict[str, dict], out: str | os.PathLike) -> Path:
     """leaderboard.{md,csv,tex,json} and teams/<team>.json (each team's full metrics) under ``out``."""
     out = Path(out)
-    _atomic_write(out / "leaderboard.md", to_markdown(standings))
-    _atomic_write(out / "leaderboard.csv", to_csv(standings))
-    _atomic_write(out / "leaderboard.tex", to_latex(standings))
-    _atomic_write(out / "leaderboard.json", json.dumps(
+    atomic_write(out / "leaderboard.md", to_markdown(standings))
+    atomic_write(out / "leaderboard.csv", to_csv(standings))
+    atomic_write(out / "leaderboard.tex", to_latex(standings))
+    atomic_write(out / "leaderboard.json", json.dumps(
         [{"rank": s.rank, "team": s.team, "score": s.score, "edition": s.edition, "column_ranks": s.column_ranks,
           "summary": s.summary, "failures": s.failures} for s in standings], indent=2) + "\n")
     for team, result in results.items():
-        write_json(result, out / "teams" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', team)}.json")
+        write_result(out / "teams" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', team)}.json", result)
     return out

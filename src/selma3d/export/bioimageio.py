@@ -32,6 +32,7 @@ from ..data.normalize import Normalization, normalize, percentiles
 from ..errors import InputError, Selma3dError
 from ..inference.predict import LoadedRun, load_run
 from ..io.nifti import read_nifti
+from ..utils.atomic import atomic_path
 
 INPUT_ID = "raw"
 OUTPUT_ID = "mask"
@@ -305,14 +306,8 @@ def _save_package(descr, out: Path, validate: bool) -> None:
     summary = getattr(descr, "validation_summary", None)
     if validate and summary is not None and summary.status == "failed":
         raise Selma3dError(f"the model description does not validate:\n{summary.format()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial.zip")
-    try:
+    with atomic_path(out, suffix=".zip") as tmp:
         save_bioimageio_package(descr, output_path=tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def validate_package(path: str | os.PathLike):

@@ -62,6 +62,8 @@ import numpy as np
 from ..blockgrid import Block, block_grid  # the grid is shared with selma3d.objects
 from ..data.normalize import normalize
 from ..errors import InputError, Selma3dError
+from ..utils.atomic import atomic_path, write_json
+from ..utils.triples import parse_triple
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
 from .windows import PRECISIONS, WindowGrid, accumulate_windows, blend
 
@@ -118,13 +120,6 @@ def plan_blocks(grid: WindowGrid) -> list[BlockPlan]:
             for b in blocks]
 
 
-def _triple(name: str, value) -> tuple[int, int, int]:
-    values = (value,) * 3 if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) for v in values) or any(v < 1 for v in values):
-        raise InputError(f"{name} needs one or three positive integers (z y x), got {value!r}")
-    return tuple(int(v) for v in values)
-
-
 # ---------------------------------------------------------------------------- the overlap store
 
 @dataclass(frozen=True)
@@ -143,10 +138,8 @@ class OverlapStore:
         return Path(self.folder) / f"skipped_{producer}"
 
     def put(self, producer: int, consumer: int, sums: np.ndarray, counts: np.ndarray) -> None:
-        path = self.piece(producer, consumer)
-        tmp = path.with_name(f".{path.stem}.partial.npy")
-        np.save(tmp, np.stack([sums, counts]))
-        os.replace(tmp, path)
+        with atomic_path(self.piece(producer, consumer), suffix=".npy", mkdir=False) as tmp:
+            np.save(tmp, np.stack([sums, counts]))
 
     def mark_skipped(self, producer: int) -> None:
         self._skipped(producer).touch()
@@ -182,10 +175,8 @@ class RimStore:
         for axis in range(3):
             n = mask.shape[axis]
             for side, part in (("lo", slice(0, min(self.margin, n))), ("hi", slice(max(n - self.margin, 0), n))):
-                path = self._slab(block.index, axis, side)
-                tmp = path.with_name(f".{path.stem}.partial.npy")
-                np.save(tmp, mask[(slice(None),) * axis + (part,)])
-                os.replace(tmp, path)
+                with atomic_path(self._slab(block.index, axis, side), suffix=".npy", mkdir=False) as tmp:
+                    np.save(tmp, mask[(slice(None),) * axis + (part,)])
 
     def read(self, neighbour: Block, box: Sequence[slice]) -> np.ndarray | None:
         """``raw[box]`` for a box inside ``neighbour``'s core within ``margin`` of one of its
@@ -405,9 +396,7 @@ class _Progress:
     def save(self) -> None:
         for phase, indices in self.state["done"].items():
             self.state["done"][phase] = sorted(set(indices))
-        tmp = self.path.with_name(f".{self.path.name}.partial")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.state, indent=1, default=None, newline=False, mkdir=False)
         self._last_save = time.monotonic()
         for path in self._discard:
             path.unlink(missing_ok=True)
@@ -649,7 +638,7 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
     spec = run.normalization
     model = run.model.eval()
     patch_size = tuple(int(p) for p in run.patch_size)
-    block_size = _triple("--block-size", block_size)
+    block_size = parse_triple(block_size, "--block-size")
     threshold = run.threshold if threshold is None else float(threshold)
 
     source = str(Path(input)) if isinstance(input, (str, os.PathLike)) else None

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputError
+from ..utils.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -136,9 +137,7 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray |
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.set_data_dtype(data.dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.partial{suffix}")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
     return path

@@ -29,6 +29,7 @@ import numpy as np
 import tifffile
 
 from ..errors import InputError
+from ..utils.atomic import atomic_path
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
@@ -314,9 +315,8 @@ def write_slices(folder: str | os.PathLike, volume: np.ndarray | Iterable[np.nda
             raise InputError(f"{folder}: slice {start + offset} must be 2D, got shape {plane.shape}")
         name = f"{prefix}{start + offset:0{digits}d}.tif"
         path = folder / name
-        tmp = folder / f".{name}.partial"
-        tifffile.imwrite(tmp, plane, photometric="minisblack", compression=compression,
-                         rowsperstrip=rowsperstrip, tile=tile, metadata=None)
-        os.replace(tmp, path)
+        with atomic_path(path, mkdir=False) as tmp:
+            tifffile.imwrite(tmp, plane, photometric="minisblack", compression=compression,
+                             rowsperstrip=rowsperstrip, tile=tile, metadata=None)
         written.append(path)
     return written

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +24,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from ..errors import InputError, Selma3dError
+from ..utils.atomic import write_json
+from ..utils.triples import parse_triple
 
 PROGRESS_FILE = "selma3d_conversion.json"
 PROGRESS_FORMAT = "selma3d-conversion/1"
@@ -117,12 +118,6 @@ def ome_metadata(level_shapes: Sequence[Sequence[int]], spacing: Sequence[float]
 
 # ---------------------------------------------------------------------------------- progress
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def _read_progress(store: Path) -> dict | None:
     path = store / PROGRESS_FILE
     if not path.is_file():
@@ -194,9 +189,7 @@ def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,
                          f"expected a non-empty 3D (z, y, x) volume, got shape {shape}")
     if chunks < 1:
         raise InputError(f"--chunks must be a positive number of voxels, got {chunks}")
-    spacing = [float(s) for s in spacing]
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"--spacing needs three positive numbers (z y x), got {spacing}")
+    spacing = list(parse_triple(spacing, "--spacing", float, allow_single=False))
     dtype = np.dtype(volume.dtype)
     if dtype == bool:
         raise InputError("boolean volumes cannot be converted; cast to uint8 first")
@@ -222,7 +215,7 @@ def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,
             fill_value=0, dimension_names=("z", "y", "x")))
 
     def save():
-        _write_json_atomic(out / PROGRESS_FILE, state)
+        write_json(out / PROGRESS_FILE, state, indent=1, default=None, newline=False)
 
     def slabs(n):
         return [(i, i * chunks, min((i + 1) * chunks, n)) for i in range(-(-n // chunks))]
@@ -290,7 +283,7 @@ def _prepare_store(out: Path, params: dict, source_info: dict, overwrite: bool) 
             return state
     out.mkdir(parents=True, exist_ok=True)
     state = {"format": PROGRESS_FORMAT, "source": source_info, "params": params, "done": {}, "complete": False}
-    _write_json_atomic(out / PROGRESS_FILE, state)  # before any data, so a kill leaves a resumable store
+    write_json(out / PROGRESS_FILE, state, indent=1, default=None, newline=False)  # before any data, so a kill leaves a resumable store
     zarr.open_group(str(out), mode="a", zarr_format=3, attributes={"selma3d": {"conversion": "incomplete"}})
     return state
 

@@ -6,33 +6,13 @@ blockwise prediction uses.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 
 from ..blockgrid import Block
-from ..errors import InputError
 
 DEFAULT_BLOCK_SIZE = (128, 256, 256)
-
-
-def parse_triple(text: str | Sequence | int | None, flag: str, kind=int, default=None) -> tuple | None:
-    """``"64"`` or ``"32,64,64"`` (or a number / sequence) → a positive (z, y, x) triple."""
-    if text is None:
-        return default
-    if isinstance(text, str):
-        try:
-            values = [kind(v) for v in text.replace(",", " ").split()]
-        except ValueError:
-            raise InputError(f"{flag} expects N or Z,Y,X numbers, got {text!r}") from None
-    else:
-        values = list(text) if isinstance(text, (list, tuple)) else [text]
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"{flag} expects one or three positive numbers (z,y,x), got {text!r}")
-    return tuple(kind(v) for v in values)
 
 
 def grown(block: Block, halo: Sequence[int], shape: Sequence[int]) -> tuple[slice, slice, slice]:

@@ -8,10 +8,10 @@ block, so a killed run resumes where it stopped; it also records what the run wa
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import InputError
+from ..utils.atomic import write_json
 
 JOURNAL_FILE = "selma3d_stats.json"
 JOURNAL_FORMAT = "selma3d-stats/1"
@@ -70,6 +70,4 @@ class Journal:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.partial")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.state, indent=1, default=None, newline=False)

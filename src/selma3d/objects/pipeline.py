@@ -24,9 +24,7 @@ skeleton graph — never the volume.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +36,8 @@ import numpy as np
 from ..errors import InputError
 from . import density as density_mod
 from ..blockgrid import block_grid
+from ..utils.atomic import atomic_path, write_json
+from ..utils.triples import parse_triple
 from .blocks import DEFAULT_BLOCK_SIZE, read
 from .journal import JOURNAL_FILE, Journal
 from .labels import LABEL_DTYPE, block_faces, block_lut, local_components, relabel_block, resolve
@@ -91,9 +91,8 @@ def _check_binary(block: np.ndarray, seen: list, where: str) -> None:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.name}.partial.npz")
-    np.savez_compressed(tmp, **arrays)  # faces are mostly zeros
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)  # faces are mostly zeros
 
 
 def _prepare_output(out: Path, identity: dict, overwrite: bool) -> bool:
@@ -150,9 +149,7 @@ def run_stats(mask, out, *, image=None, kind: str = "spot", block_size: Sequence
         raise InputError(f"{regions_path}: region labels must be integers, got dtype {regions.dtype}")
     if spacing is None:
         spacing = volume_spacing(mask_path) or (1.0, 1.0, 1.0)
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"--spacing needs three positive numbers (z,y,x), got {spacing}")
+    spacing = parse_triple(spacing, "--spacing", float, allow_single=False)
     chunks = tuple(min(b, n) for b, n in zip(block_size, shape))
 
     options = {"kind": kind, "block_size": list(chunks), "spacing": list(spacing),
@@ -329,9 +326,8 @@ def _run(journal: Journal, out: Path, mask, image, regions, kind, chunks, spacin
     import pandas as pd
 
     frame = pd.DataFrame(rows)
-    tmp = out / ".summary.csv.partial"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out / "summary.csv")
+    with atomic_path(out / "summary.csv") as tmp:
+        frame.to_csv(tmp, index=False)
     totals = {"objects": len(table), "shape": list(shape), "spacing_um": list(spacing), "kind": kind,
               "volume_mm3": rows[0]["volume_mm3"], "objects_per_mm3": rows[0]["objects_per_mm3"]}
     if tree_counts is not None:
@@ -339,9 +335,7 @@ def _run(journal: Journal, out: Path, mask, image, regions, kind, chunks, spacin
                                                "branch_points_per_mm3", "endpoints")})
         totals["branches"] = int(len(branches))
     totals["identity"] = journal.state["identity"]
-    tmp = out / ".stats.json.partial"
-    tmp.write_text(json.dumps(totals, indent=1))
-    os.replace(tmp, out / "stats.json")
+    write_json(out / "stats.json", totals, indent=1, default=None, newline=False)
 
     info = {"mask": str(mask_path), "kind": kind}
     finish_image(out / "labels.zarr", spacing, info | {"content": "instance labels (26-connected)",

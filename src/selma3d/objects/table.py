@@ -17,6 +17,8 @@ from typing import Sequence
 import cc3d
 import numpy as np
 
+from ..utils.atomic import atomic_path
+
 MOMENTS = ("count", "sum_z", "sum_y", "sum_x", "min_z", "min_y", "min_x", "max_z", "max_y", "max_x")
 INTENSITY_MOMENTS = ("intensity_sum", "intensity_max")
 
@@ -104,8 +106,7 @@ def write_table(frame, folder: str | os.PathLike, stem: str) -> list[Path]:
     for suffix, write in ((".csv", lambda f, p: f.to_csv(p, index=False)),
                           (".parquet", lambda f, p: f.to_parquet(p, index=False, engine="pyarrow"))):
         path = folder / f"{stem}{suffix}"
-        tmp = folder / f".{stem}{suffix}.partial"
-        write(frame, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=suffix) as tmp:
+            write(frame, tmp)
         written.append(path)
     return written

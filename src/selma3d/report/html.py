@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.nifti import read_nifti_array
+from ..utils.atomic import atomic_write
 from .figures import overlay_figure
 
 METRIC_LABELS = {
@@ -118,7 +119,5 @@ def build_report(metrics_json: str | os.PathLike, out_dir: str | os.PathLike,
         parts.append(f"<h3>{html.escape(label)}</h3><img src='figures/{png.name}'>")
     parts.append("</body></html>")
     index = out_dir / "index.html"
-    tmp = index.with_suffix(".html.partial")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, index)
+    atomic_write(index, "\n".join(parts))
     return index

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..evaluation.metrics import METRICS_BY_TYPE
 from ..report.html import METRIC_LABELS, _fmt
+from ..utils.atomic import atomic_path, atomic_write
 from . import stats
 from .plan import SCRATCH
 
@@ -193,11 +194,9 @@ def plot_curves(section: dict, path: Path) -> Path:
     fig.suptitle(f"{section['structure']} → {', '.join(section['test_structures'])} ({section['type']}-like): "
                  f"mean ± std over seeds {section['seeds']}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -279,21 +278,14 @@ def comparisons_csv(analysis: dict) -> str:
     return buffer.getvalue()
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def write_report(out: str | os.PathLike, rows: list[dict], title: str = "selma3d study") -> dict:
     """Write summary.json, comparisons.csv, curves PNGs and index.html into ``out``; returns the analysis."""
     out = Path(out)
     analysis = analyze(rows)
     for section in analysis["sections"]:
         plot_curves(section, out / f"curves_{section['structure']}.png")
-    _atomic_text(out / "summary.json", json.dumps(analysis, indent=2, default=str) + "\n")
-    _atomic_text(out / "comparisons.csv", comparisons_csv(analysis))
+    atomic_write(out / "summary.json", json.dumps(analysis, indent=2, default=str) + "\n")
+    atomic_write(out / "comparisons.csv", comparisons_csv(analysis))
     page = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
             "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;"
             "margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
@@ -301,7 +293,7 @@ def write_report(out: str | os.PathLike, rows: list[dict], title: str = "selma3d
             f"<h1>{html.escape(title)}</h1>", html_section(analysis),
             "<p>Every row: <a href='results.csv'>results.csv</a>; comparisons: "
             "<a href='comparisons.csv'>comparisons.csv</a>.</p></body></html>"]
-    _atomic_text(out / "index.html", "\n".join(page))
+    atomic_write(out / "index.html", "\n".join(page))
     return analysis
 
 

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
+from ..utils.atomic import atomic_write, write_json
 from .plan import Arm, StudyPlan, load_plan
 
 ARMS_DIR, RUNS_DIR, PRETRAIN_DIR = "arms", "runs", "pretrain"
@@ -59,14 +60,6 @@ class StudyRun:
     pretrained: list[str] = field(default_factory=list)  # methods pretrained (or resumed) in this call
 
 
-def write_json_atomic(path: Path, payload) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def format_seconds(seconds: float | None) -> str:
     if seconds is None or not np.isfinite(seconds):
         return "?"
@@ -91,7 +84,7 @@ def check_study_folder(plan: StudyPlan) -> None:
             shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine[k]!r} now" for k in differ)
             raise InputError(f"{out} was run with another training budget ({shown}); its arms would not "
                              f"be comparable: rerun with the same settings or choose another --out")
-    write_json_atomic(out / "plan.json", plan.to_json())
+    write_json(out / "plan.json", plan.to_json())
 
 
 def load_test_cases(data: str | os.PathLike, types: set[str]) -> list[TestCase]:
@@ -263,7 +256,7 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] | None = None) -> Stud
     otsu = (read_arm(otsu_file) or {}).get("rows")
     if otsu is None:
         otsu = otsu_rows(cases)
-        write_json_atomic(otsu_file, {"key": OTSU, "rows": otsu})
+        write_json(otsu_file, {"key": OTSU, "rows": otsu})
 
     arms = plan.arms()
     todo = [a for a in arms if read_arm(arm_path(plan, a)) is None]
@@ -288,7 +281,7 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] | None = None) -> Stud
     for index, arm in enumerate(todo, start=1):
         t0, cpu0 = time.perf_counter(), time.process_time()
         record = run_arm(plan, arm, encoders.get(arm.method), cases)
-        write_json_atomic(arm_path(plan, arm), record)
+        write_json(arm_path(plan, arm), record)
         result.ran.append(arm.key)
         durations.append(time.perf_counter() - t0)
         eta = float(np.mean(durations)) * (len(todo) - index)
@@ -313,12 +306,10 @@ def write_results(out: Path, rows: list[dict]) -> None:
     import csv
     import io
 
-    write_json_atomic(out / "results.json", rows)
+    write_json(out / "results.json", rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RESULT_FIELDS})
-    tmp = out / ".results.csv.partial"
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, out / "results.csv")
+    atomic_write(out / "results.csv", buffer.getvalue())

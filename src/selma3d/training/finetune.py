@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
@@ -29,11 +28,14 @@ from typing import Any, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .. import __version__
 from ..errors import InputError, Selma3dError
 from ..inference.predict import MODEL_FILE, RUN_FILE, save_model_file, sliding_window_probabilities
+from ..utils.atomic import atomic_path, write_json
+from ..utils.schedules import warmup_cosine
+from ..utils.triples import parse_triple
+from .checkpoint_io import AtomicCheckpointIO
 from .progress import progress_display, quiet_lightning
 from .determinism import kill_point, rng_state, seed_step, set_rng_state
 from .finetune_data import FinetuneDataModule
@@ -50,6 +52,8 @@ THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
 #: per structure type: thresholds whose validation Dice is within this of the best one count as
 #: equally good there, and the calibration keeps the highest of them (:func:`choose_threshold`)
 THRESHOLD_TOLERANCE = {"tree": 0.03, "spot": 0.0}
+#: the learning rate decays to this fraction of --lr (pretraining decays to 0)
+LR_FLOOR = 0.01
 
 
 @dataclass
@@ -137,17 +141,10 @@ class FinetuneConfig:
 
 def parse_patch_size(value) -> tuple[int, int, int]:
     """An int ``n`` → (n, n, n); three ints → (z, y, x)."""
-    if isinstance(value, (int, np.integer)):
-        value = [int(value)]
-    try:
-        sizes = [int(v) for v in value]
-    except (TypeError, ValueError):
-        raise InputError(f"--patch-size must be one or three positive integers, got {value!r}") from None
-    if len(sizes) == 1:
-        sizes = sizes * 3
-    if len(sizes) != 3 or any(s < 1 for s in sizes):
-        raise InputError(f"--patch-size must be one or three positive integers (z y x), got {value!r}")
-    return tuple(sizes)
+    if value is None:
+        raise InputError("--patch-size must be one or three positive integers (z y x), got None")
+    return parse_triple(value, "--patch-size",
+                        message="--patch-size must be one or three positive integers (z y x), got {value!r}")
 
 
 def check_patch_size(model: torch.nn.Module, patch_size: Sequence[int]) -> None:
@@ -159,14 +156,6 @@ def check_patch_size(model: torch.nn.Module, patch_size: Sequence[int]) -> None:
 
 
 # --------------------------------------------------------------------------- the Lightning module
-
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.01) -> float:
-    """Learning-rate factor: linear warmup to 1, then cosine decay to ``floor``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
 
 def validation_metrics(structure_type: str, gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """The challenge metric set of the type (selma3d.evaluation.metrics), or Dice if unavailable."""
@@ -259,7 +248,7 @@ class SegmentationModule(pl.LightningModule):
         set_rng_state(checkpoint.get("rng_state"))
 
     def configure_optimizers(self):
-        decoder_factor = lambda step: warmup_cosine(step, self.warmup_steps, self.max_steps)  # noqa: E731
+        decoder_factor = lambda step: warmup_cosine(step, self.warmup_steps, self.max_steps, LR_FLOOR)  # noqa: E731
         if self.schedule != "sawtooth":
             params = [p for p in self.model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -283,7 +272,7 @@ class SegmentationModule(pl.LightningModule):
         if self.encoder_is_warming(step):
             return 0.0
         start = self.decoder_warmup_steps
-        return warmup_cosine(step - start, max(1, self.warmup_steps), max(1, self.max_steps - start))
+        return warmup_cosine(step - start, max(1, self.warmup_steps), max(1, self.max_steps - start), LR_FLOOR)
 
 
 def summarize_validation(rows: list[dict]) -> dict[str, float]:
@@ -301,21 +290,6 @@ def summarize_validation(rows: list[dict]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- callbacks
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary file in the same folder, then rename.
-
-    Lightning's own save goes through an fsspec transaction whose temporary file lives in the
-    system temp dir; on another filesystem the final move is a copy, which a kill can cut short.
-    """
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-
 
 class StepCheckpoint(pl.Callback):
     """``checkpoints/last.ckpt`` every ``every`` steps, once the step is complete.
@@ -429,12 +403,10 @@ def write_curves(rows: list[dict], csv_path: Path, png_path: Path | None = None)
         merged.setdefault(int(row["step"]), {}).update(row)
     ordered = [merged[s] for s in sorted(merged)]
     keys = ["step"] + sorted({k for r in ordered for k in r} - {"step"})
-    tmp = csv_path.with_name(f".{csv_path.name}.partial")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(ordered)
-    os.replace(tmp, csv_path)
     if png_path is not None:
         plot_curves(ordered, png_path)
 
@@ -462,17 +434,16 @@ def plot_curves(rows: list[dict], png_path: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.partial.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(png_path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 # --------------------------------------------------------------------------- building and running
 
 def parse_model_options(pairs: Sequence[str]) -> dict:
-    """``["features=[4,8,16]", "norm=batch"]`` → dict (see :func:`selma3d.commands.options.parse_options`)."""
-    from ..commands.options import parse_options
+    """``["features=[4,8,16]", "norm=batch"]`` → dict (see :func:`selma3d.utils.options.parse_options`)."""
+    from ..utils.options import parse_options
 
     return parse_options(list(pairs or []), "--model-option")
 
@@ -575,12 +546,6 @@ def run_info(config: FinetuneConfig, model: torch.nn.Module, data: FinetuneDataM
         "best": best or {},
         "versions": _versions(),
     }
-
-
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def resume_config(out: str | os.PathLike, max_steps: int | None = None) -> FinetuneConfig:

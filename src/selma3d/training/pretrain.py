@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +37,9 @@ import torch
 
 from ..data.normalize import DEFAULT_NORMALIZATION
 from ..errors import Selma3dError
+from ..utils.atomic import atomic_path, write_json
+from ..utils.schedules import warmup_cosine
+from .checkpoint_io import AtomicCheckpointIO
 from .determinism import kill_point, rng_state, seed_step, set_rng_state
 from .progress import progress_display, quiet_lightning
 
@@ -49,6 +51,8 @@ ENCODER_NAME = "encoder.pt"
 RUNTIME_OPTIONS = ("max_steps", "num_workers", "devices", "num_nodes", "accelerator", "strategy",
                    "checkpoint_every", "progress", "precision", "health_every")
 SUMMARY_NAME = "summary.json"
+#: the learning rate decays to this fraction of --lr (finetuning keeps 0.01)
+LR_FLOOR = 0.0
 #: unannotated patches in the fixed batch the health check embeds
 HEALTH_PATCHES = 32
 
@@ -96,31 +100,15 @@ class PretrainConfig:
             raise Selma3dError(f"--downsample-xy must be >= 1, got {self.downsample_xy}")
 
 
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """LR factor: linear warmup to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_loss_curve(history: list[dict], run_dir: Path) -> None:
     """``loss.csv`` (one row per step, one column per logged term) and ``loss.png``."""
     if not history:
         return
     columns = ["step"] + sorted({k for row in history for k in row} - {"step"})
-    tmp = run_dir / "loss.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(run_dir / "loss.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, run_dir / "loss.csv")
 
     import matplotlib
 
@@ -137,9 +125,9 @@ def write_loss_curve(history: list[dict], run_dir: Path) -> None:
     ax.set_title("self-supervised pretraining")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(run_dir / "loss.png.tmp.png", dpi=100)
+    with atomic_path(run_dir / "loss.png", suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(run_dir / "loss.png.tmp.png", run_dir / "loss.png")
 
 
 class PretrainModule(pl.LightningModule):
@@ -193,7 +181,7 @@ class PretrainModule(pl.LightningModule):
         if warmup is None:
             warmup = min(500, max(1, total // 10))
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total))
+            optimizer, lambda step: warmup_cosine(step, warmup, total, floor=LR_FLOOR))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
@@ -225,12 +213,9 @@ class AtomicCheckpoint(pl.Callback):
     def save(self, trainer: pl.Trainer, module: PretrainModule) -> None:
         if trainer.global_step == self.last_saved:
             return
-        folder = self.run_dir / "checkpoints"
-        final = folder / CHECKPOINT_NAME
-        tmp = folder / (CHECKPOINT_NAME + ".tmp")
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        # collective: every rank calls it, rank 0 writes (atomically: AtomicCheckpointIO)
+        trainer.save_checkpoint(self.run_dir / "checkpoints" / CHECKPOINT_NAME)
         if trainer.is_global_zero:
-            os.replace(tmp, final)
             write_loss_curve(module.history, self.run_dir)
         self.last_saved = trainer.global_step
         kill_point(trainer.global_step)
@@ -255,7 +240,7 @@ def write_summary(module: PretrainModule, run_dir: Path) -> None:
     if health is not None:
         summary.update(collapsed=health["collapsed"], collapsed_step=health["collapsed_step"],
                        health=health)
-    _atomic_write_text(Path(run_dir) / SUMMARY_NAME, json.dumps(summary, indent=2, default=str))
+    write_json(Path(run_dir) / SUMMARY_NAME, summary, newline=False)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -373,7 +358,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
         saved = asdict(config)
         saved["percentiles"] = {k: list(v) for k, v in percentiles.items()}
         saved["structures_seen"] = structures
-        _atomic_write_text(run_dir / CONFIG_NAME, json.dumps(saved, indent=2, default=str))
+        write_json(run_dir / CONFIG_NAME, saved, newline=False)
 
     encoder_extra = {
         "normalization": DEFAULT_NORMALIZATION.to_dict() | {"per": "volume"},
@@ -397,7 +382,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
             num_nodes=config.num_nodes, strategy=_strategy(config), precision=config.precision,
             # health first: its rows of a step are then in that step's checkpoint
             callbacks=[*([health] if health else []), AtomicCheckpoint(run_dir, config.checkpoint_every),
-                       *progress_lines, *(callbacks or [])], logger=False,
+                       *progress_lines, *(callbacks or [])], logger=False, plugins=[AtomicCheckpointIO()],
             enable_checkpointing=False, enable_progress_bar=bar,
             enable_model_summary=False, log_every_n_steps=1, use_distributed_sampler=False,
             default_root_dir=str(run_dir))

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ssl.base import embedding_spread
+from ..utils.atomic import atomic_path
 
 HEALTH_NAME = "health.csv"
 HEALTH_FIGURE = "health.png"
@@ -264,12 +265,10 @@ def write_health(rows: list[dict], run_dir: Path, history: list[dict] | None = N
     """``health.csv`` (COLUMNS) and, with ``figure``, ``health.png`` (loss next to spread, rank
     and probe Dice), both written atomically."""
     run_dir = Path(run_dir)
-    tmp = run_dir / (HEALTH_NAME + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(run_dir / HEALTH_NAME) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
         writer.writeheader()
         writer.writerows({k: row.get(k, "") for k in COLUMNS} for row in rows)
-    os.replace(tmp, run_dir / HEALTH_NAME)
     if not rows or not figure:
         return
 
@@ -299,9 +298,9 @@ def write_health(rows: list[dict], run_dir: Path, history: list[dict] | None = N
         for ax in axes:
             ax.axvline(step, color="r", lw=0.8, alpha=0.6)
     fig.tight_layout()
-    fig.savefig(run_dir / (HEALTH_FIGURE + ".tmp.png"), dpi=90)
+    with atomic_path(run_dir / HEALTH_FIGURE, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(run_dir / (HEALTH_FIGURE + ".tmp.png"), run_dir / HEALTH_FIGURE)
 
 
 class SSLHealth(pl.Callback):
