@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from .config import config_option
+
 
 def is_whole_volume(path: Path) -> bool:
     """A Zarr store (or one level of it), a multi-page TIFF file or a folder of TIFF slices (and no
@@ -25,6 +27,7 @@ def register(app: typer.Typer) -> None:
         input: Path = typer.Argument(..., metavar="INPUT", help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder, a "
                                      "multi-page TIFF/OME-TIFF file or an OME-Zarr volume (DIR.zarr/1: one level)."),
         output: Path = typer.Argument(..., metavar="OUTPUT", help="Output NIfTI file (for one input) or folder; for a whole volume an OUT.zarr mask or a TIFF slice folder."),
+        config_file: Optional[Path] = config_option("predict"),
         model: List[Path] = typer.Option(..., "--model", help="Run folder of `selma3d finetune`; give one spot "
                                          "and one tree run together with --router."),
         router: Optional[Path] = typer.Option(None, "--router", help="router.pt (or its run folder) from "
@@ -96,11 +99,9 @@ def register(app: typer.Typer) -> None:
             volume_spacing(input)
             options = {}
             if block_size:
-                try:
-                    parts = [int(v) for v in block_size.replace(",", " ").split()]
-                except ValueError:
-                    raise InputError(f"--block-size expects N or Z,Y,X integers, got {block_size!r}") from None
-                options["block_size"] = parts[0] if len(parts) == 1 else tuple(parts)
+                from .options import parse_size
+
+                options["block_size"] = parse_size(block_size, "--block-size")
             path = predict_whole_volume(str(model[0]), input, output, overlap=overlap, tta_flips=tta,
                                         threshold=threshold, min_size=min_size, skip_empty=skip_empty,
                                         probabilities=probabilities, batch_size=batch_size, precision=precision,
