@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import Selma3dError
 from ..ssl.registry import default_models, method_names, method_spec
 from .config import config_option
 from .options import parse_options, parse_size
