@@ -470,7 +470,39 @@ CASES = [
     Case("stats-readonly-output", lambda w: _stats(w, w.nii("m.nii.gz", _binary()), out=w.folder("ro") / "st"),
          ("{tmp}/ro", "read-only file system"), readonly="ro"),
     Case("usage-stats-missing-out", lambda w: ["stats", w.tmp / "m.nii.gz"], ("--out",), 2),
+
+    # ---- --config files of the training commands (and predict): one error naming file and key
+    Case("finetune-config-unknown-key", lambda w: _cfg(w, "finetune", "max_step: 3\n"),
+         ("{tmp}/run.yaml", "unknown key 'max_step'", "did you mean max_steps", "valid keys: data, out")),
+    Case("finetune-config-wrong-type", lambda w: _cfg(w, "finetune", "max_steps: many\n"),
+         ("{tmp}/run.yaml", "max_steps: expected an integer", "'many'")),
+    Case("finetune-config-missing-file", lambda w: ["finetune", "--config", w.tmp / "nope.yaml", "--out", w.tmp / "r"],
+         ("{tmp}/nope.yaml", "no such file")),
+    Case("finetune-config-not-a-mapping", lambda w: _cfg(w, "finetune", "- 1\n- 2\n"),
+         ("{tmp}/run.yaml", "expected a mapping", "got a list")),
+    Case("finetune-config-not-yaml", lambda w: _cfg(w, "finetune", "max_steps: [1\n"),
+         ("{tmp}/run.yaml", "not valid YAML")),
+    Case("finetune-config-is-a-folder", lambda w: ["finetune", "--config", w.folder("conf"), "--out", w.tmp / "r"],
+         ("{tmp}/conf", "is a folder")),
+    Case("finetune-config-key-twice", lambda w: _cfg(w, "finetune", "max-steps: 1\nmax_steps: 2\n"),
+         ("{tmp}/run.yaml", "max_steps is given twice")),
+    Case("pretrain-config-bool-for-int", lambda w: _cfg(w, "pretrain", "method: byol\nbatch_size: true\n"),
+         ("{tmp}/run.yaml", "batch_size: expected an integer", "a boolean")),
+    Case("pretrain-config-unknown-key", lambda w: _cfg(w, "pretrain", "methods: byol\n"),
+         ("{tmp}/run.yaml", "unknown key 'methods'", "did you mean method")),
+    Case("study-config-mapping-for-a-list", lambda w: _cfg(w, "study", "labels: {a: 1}\n"),
+         ("{tmp}/run.yaml", "labels: expected a text, a number or a list", "a mapping")),
+    Case("study-config-unknown-key", lambda w: _cfg(w, "study", "max_steps: 3\n"),
+         ("{tmp}/run.yaml", "unknown key 'max_steps'", "valid keys:")),
+    Case("predict-config-wrong-type", lambda w: ["predict", w.nii("x.nii.gz"), w.tmp / "o.nii.gz", "--model", w.run,
+                                                 "--config", w.file("run.yaml", "overlap: half\n")],
+         ("{tmp}/run.yaml", "overlap: expected a number", "'half'")),
 ]
+
+
+def _cfg(w, command: str, text: str) -> list:
+    """``selma3d COMMAND --config run.yaml --out R`` with ``text`` as the file (cwd is w.tmp)."""
+    return [command, "--config", w.file("run.yaml", text), "--out", w.tmp / "r"]
 
 
 def _binary(seed: int = 0) -> np.ndarray:

@@ -9,11 +9,12 @@ import typer
 
 from ..errors import InputError
 from ..utils.triples import parse_triple
+from .config import config_option
 
 
 def _patch_size(first: Optional[str], rest: list[str]) -> Optional[list[int]]:
-    """``--patch-size 32``, ``--patch-size 16 32 32`` (the command has no positional arguments,
-    so trailing numbers belong to it) or ``--patch-size 16,32,32``."""
+    """``--patch-size 32``, ``--patch-size 16,32,32`` or ``--patch-size 16 32 32`` (the command has
+    no positional arguments, so trailing numbers belong to it)."""
     if first is None:
         if rest:
             raise InputError(f"unexpected arguments: {' '.join(rest)}")
@@ -25,6 +26,7 @@ def register(app: typer.Typer) -> None:
     @app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
     def finetune(
         ctx: typer.Context,
+        config_file: Optional[Path] = config_option("finetune"),
         data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder (annotated/train is used)."),
         out: Path = typer.Option(..., "--out", help="Run folder to create (or continue with --resume)."),
         model: Optional[str] = typer.Option(None, "--model", help="unet3d | swinunetr | vit3d | attunet2d "
@@ -48,7 +50,10 @@ def register(app: typer.Typer) -> None:
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Training steps (default 1000)."),
         batch_size: int = typer.Option(2, "--batch-size"),
         lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warmup then cosine)."),
-        patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Crop size: N or Z Y X (default 64)."),
+        weight_decay: float = typer.Option(1e-5, "--weight-decay", help="AdamW weight decay."),
+        warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Learning-rate warmup steps "
+                                                   "(default 5 % of --max-steps)."),
+        patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Crop size: N or Z,Y,X (default 64)."),
         seed: int = typer.Option(0, "--seed"),
         structures: Optional[str] = typer.Option(None, "--structures", help="Comma-separated structures to "
                                                  "train on (default: all annotated ones)."),
@@ -111,12 +116,29 @@ def register(app: typer.Typer) -> None:
                 pretrained=str(pretrained) if pretrained else None, freeze_encoder=freeze_encoder, loss=loss,
                 schedule=schedule, encoder_lr_scale=encoder_lr_scale, decoder_warmup_fraction=decoder_warmup_fraction,
                 max_steps=max_steps if max_steps is not None else 1000, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, warmup_steps=warmup_steps,
                 patch_size=tuple(sizes) if sizes else (64, 64, 64), seed=seed, structures=names,
                 val_fraction=val_fraction, folds=folds, fold=fold, checkpoint_every=checkpoint_every,
                 val_every=val_every, threshold=threshold, augment=augment, num_workers=num_workers, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, precision=precision, progress=not quiet)
+        from ..inference.predict import RUN_FILE
         from ..paths import no_empty_output_on_failure
+        from .config import recording
 
-        with no_empty_output_on_failure(out):
+        record = recording(out, "finetune", out / RUN_FILE, lambda: recorded_options(ctx.command, out))
+        with no_empty_output_on_failure(out), record:
             run = run_finetune(config, resume=resume)
         typer.echo(f"finetuned model written to {run}")
+
+
+def recorded_options(command, out: Path) -> Optional[dict]:
+    """The finetune options of the run in ``out``, from the settings its run.json records."""
+    from ..inference.predict import RUN_FILE
+    from .config import read_json, run_options
+
+    training = (read_json(out / RUN_FILE) or {}).get("training")
+    if not training:
+        return None
+    options = run_options(command, training, rename={"model_option": "model_options"})
+    options["quiet"] = not training.get("progress", True)
+    return options

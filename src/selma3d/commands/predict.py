@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..utils.triples import parse_triple
+from .config import config_option
 
 
 def is_whole_volume(path: Path) -> bool:
@@ -27,6 +28,7 @@ def register(app: typer.Typer) -> None:
         input: Path = typer.Argument(..., metavar="INPUT", help="A NIfTI file, a folder of NIfTI files, a TIFF slice folder, a "
                                      "multi-page TIFF/OME-TIFF file or an OME-Zarr volume (DIR.zarr/1: one level)."),
         output: Path = typer.Argument(..., metavar="OUTPUT", help="Output NIfTI file (for one input) or folder; for a whole volume an OUT.zarr mask or a TIFF slice folder."),
+        config_file: Optional[Path] = config_option("predict"),
         model: List[Path] = typer.Option(..., "--model", help="Run folder of `selma3d finetune`; give one spot "
                                          "and one tree run together with --router."),
         router: Optional[Path] = typer.Option(None, "--router", help="router.pt (or its run folder) from "

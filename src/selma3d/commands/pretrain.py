@@ -9,6 +9,7 @@ import typer
 
 from ..ssl.registry import default_models, method_names, method_spec
 from ..utils.triples import parse_triple
+from .config import config_option
 from .options import parse_options
 
 
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain(
         ctx: typer.Context,
+        config_file: Optional[Path] = config_option("pretrain"),
         method: str = typer.Option(..., help=" | ".join(method_names())),
         data: Path = typer.Option(..., help="dataset folder (its unannotated/ volumes are used)"),
         out: Path = typer.Option(..., help="run folder (checkpoints, loss curve, encoder.pt)"),
@@ -67,6 +69,7 @@ def register(app: typer.Typer) -> None:
         """Self-supervised pretraining; writes RUN/encoder.pt for `selma3d finetune --pretrained`."""
         method_spec(method)  # unknown name → one-line error listing the methods
         from ..paths import check_input, check_output
+        from .config import given_options
         from .options import check_device
 
         check_input(data, "dir", "--data folder")
@@ -80,12 +83,11 @@ def register(app: typer.Typer) -> None:
         given = {k for k, v in runtime.items() if v is not None} | {"progress"}
         if resume:
             given.add("method")
-            # the training options typed on this command line, so a resume can refuse changed ones
-            given |= {CONFIG_FIELDS.get(name, name) for name in ctx.params
-                      if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
-                      and CONFIG_FIELDS.get(name, name) in PRETRAIN_FIELDS}
+            # the training options this call sets (command line or --config), so a resume can refuse changed ones
+            given |= {CONFIG_FIELDS.get(name, name) for name in given_options(ctx)
+                      if CONFIG_FIELDS.get(name, name) in PRETRAIN_FIELDS}
 
-        from ..training.pretrain import PretrainConfig, run_pretraining
+        from ..training.pretrain import CONFIG_NAME, PretrainConfig, run_pretraining
 
         config = PretrainConfig(
             method=method, data=str(data), out=str(out), model=model,
@@ -98,8 +100,23 @@ def register(app: typer.Typer) -> None:
             fg_fraction=fg_fraction, progress=progress and not quiet,
             **{k: v for k, v in runtime.items() if v is not None})
         from ..paths import no_empty_output_on_failure
+        from .config import recording
 
-        with no_empty_output_on_failure(out):
+        record = recording(out, "pretrain", out / CONFIG_NAME, lambda: recorded_options(ctx.command, out))
+        with no_empty_output_on_failure(out), record:
             encoder = run_pretraining(config, resume=resume, given=given)
         if encoder.is_file():
             typer.echo(f"encoder: {encoder}")
+
+
+def recorded_options(command, out: Path) -> Optional[dict]:
+    """The pretrain options of the run in ``out``, from the settings its config.json records."""
+    from ..training.pretrain import CONFIG_NAME
+    from .config import read_json, run_options
+
+    saved = read_json(out / CONFIG_NAME)
+    if not saved:
+        return None
+    options = run_options(command, saved, rename=CONFIG_FIELDS)
+    options["quiet"] = not saved.get("progress", True)
+    return options

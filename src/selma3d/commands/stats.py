@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             if path is not None:
                 check_input(path, what=what)
         check_output(out, "dir", inputs=[mask, image, regions])
-        sizes = parse_triple(block_size, "--block-size", int, DEFAULT_BLOCK_SIZE)
+        sizes = parse_triple(block_size, "--block-size") if block_size is not None else DEFAULT_BLOCK_SIZE
         voxel = parse_triple(spacing, "--spacing", float)
         with output_lock(out, "selma3d stats"):
             result = run_stats(mask, out, image=image, kind=kind, block_size=sizes, spacing=voxel,

@@ -8,6 +8,8 @@ from typing import List, Optional
 import typer
 
 from ..ssl.registry import METHODS, method_names
+from .config import config_option
+from ..utils.triples import parse_triple
 from .options import parse_options
 
 #: the gpu preset's backbone per method: unet3d where the method works with it, else its own
@@ -42,6 +44,8 @@ HELP = "\n\n".join([
 def register(app: typer.Typer) -> None:
     @app.command("study", help=HELP)
     def study(
+        ctx: typer.Context,
+        config_file: Optional[Path] = config_option("study"),
         data: Path = typer.Option(..., "--data", help="Dataset folder (unannotated/ for pretraining, "
                                   "annotated/train for finetuning, the other annotated splits for testing)."),
         out: Path = typer.Option(..., "--out", help="Study folder (created, or continued when rerun)."),
@@ -56,7 +60,8 @@ def register(app: typer.Typer) -> None:
                                        "tested on every test case of its type."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Finetuning steps per arm."),
         pretrain_steps: Optional[int] = typer.Option(None, "--pretrain-steps", help="Pretraining steps per method."),
-        patch_size: Optional[int] = typer.Option(None, "--patch-size", help="Cubic crop size (finetuning and pretraining)."),
+        patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Crop size N (finetuning and "
+                                                 "pretraining; a study's crops are cubes, so Z,Y,X must be N,N,N)."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Finetuning batch size."),
         model: Optional[str] = typer.Option(None, "--model", help="Backbone of scratch arms and of every method "
                                             "that supports it (default unet3d)."),
@@ -84,13 +89,43 @@ def register(app: typer.Typer) -> None:
         overrides = dict(methods=parse_list(methods, "--methods"), modes=parse_list(modes, "--modes"),
                          labels=parse_labels(labels), seeds=parse_seeds(seeds),
                          structures=parse_list(structures, "--structures"), steps=steps,
-                         pretrain_steps=pretrain_steps, patch_size=patch_size, batch_size=batch_size,
+                         pretrain_steps=pretrain_steps, patch_size=_cube(patch_size), batch_size=batch_size,
                          model=model, num_workers=num_workers, encoders=encoders or None)
         plan = StudyPlan.from_preset(str(data), str(out), preset, **overrides)
         if model_option:
             plan.model_options = {**plan.model_options, plan.model: parse_options(model_option, "--model-option")}
-        result = run_study(plan, log=(lambda line: None) if quiet else None)
+        from .config import recording
+
+        with recording(out, "study", out / "plan.json", lambda: recorded_options(ctx.command, out)):
+            result = run_study(plan, log=(lambda line: None) if quiet else None)
         analysis = write_report(out, result.rows, title=f"selma3d study of {data}")
         typer.echo(text_summary(analysis))
         typer.echo(f"study written to {out} (open {out / 'index.html'}); "
                    f"{len(result.ran)} arms run now, {len(result.skipped)} found finished")
+
+
+def _cube(text: Optional[str]) -> Optional[int]:
+    """``--patch-size`` in the format of every command, as the one edge a study's cubic crops have."""
+    if text is None:
+        return None
+    sizes = parse_triple(text, "--patch-size")
+    if len(set(sizes)) != 1:
+        from ..errors import InputError
+
+        raise InputError(f"--patch-size {text}: a study trains on cubic crops; give one size N")
+    return sizes[0]
+
+
+def recorded_options(command, out: Path) -> Optional[dict]:
+    """The study options of the study in ``out``, from the settings its plan.json records."""
+    from ..study.plan import load_plan
+    from .config import run_options
+
+    plan = load_plan(out)
+    if not plan:
+        return None
+    options = run_options(command, plan)
+    options["labels"] = ["all" if k is None else k for k in plan.get("labels", [])]
+    options["model_option"] = (plan.get("model_options") or {}).get(plan.get("model"), {})
+    options["encoder"] = {k: str(Path(v).resolve()) for k, v in (plan.get("encoders") or {}).items()}
+    return options
