@@ -35,6 +35,9 @@ def register(app: typer.Typer) -> None:
                                                "(e.g. features=[16,32,64,128])."),
         pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Encoder checkpoint (encoder.pt) "
                                                   "from `selma3d pretrain`."),
+        downsample_xy: Optional[int] = typer.Option(None, "--downsample-xy", help="Average-pool patches in xy "
+                                                    "by this factor (default: the --pretrained encoder's, else 1; "
+                                                    "predict applies the same)."),
         freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the decoder; the "
                                             "encoder's weights and normalization statistics stay fixed."),
         schedule: Optional[str] = typer.Option(None, "--schedule", help="constant (one learning rate, warmup "
@@ -113,7 +116,8 @@ def register(app: typer.Typer) -> None:
                 raise InputError("--data is required (unless --resume)")
             config = FinetuneConfig(
                 data=str(data), out=str(out), model=model, model_options=parse_model_options(model_option),
-                pretrained=str(pretrained) if pretrained else None, freeze_encoder=freeze_encoder, loss=loss,
+                pretrained=str(pretrained) if pretrained else None, downsample_xy=downsample_xy,
+                freeze_encoder=freeze_encoder, loss=loss,
                 schedule=schedule, encoder_lr_scale=encoder_lr_scale, decoder_warmup_fraction=decoder_warmup_fraction,
                 max_steps=max_steps if max_steps is not None else 1000, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, warmup_steps=warmup_steps,

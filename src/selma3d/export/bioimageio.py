@@ -118,6 +118,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, test_input
     if out.suffix != ".zip":
         raise InputError(f"{out}: the package is a .zip file; name the output *.zip")
     run = load_run(run_dir, device="cpu")
+    if run.downsample_xy != 1:
+        raise InputError(f"{run_dir}: trained at --downsample-xy {run.downsample_xy}; a bioimage.io package "
+                         "describes a full-resolution model, so this run cannot be exported yet")
     norm = run.normalization
     if test_input is not None:
         image, label_path = Path(test_input), None

@@ -635,6 +635,10 @@ def predict_whole_volume(run, input, output, *, block_size: int | Sequence[int] 
 
     if not isinstance(run, LoadedRun):
         run = load_run(run, device=device)
+    if run.downsample_xy != 1:
+        raise InputError(f"{run.path}: trained at --downsample-xy {run.downsample_xy}; whole-volume prediction "
+                         "runs at full resolution only for now (predict NIfTI patches, which apply the "
+                         "downsampling, or finetune with --downsample-xy 1)")
     spec = run.normalization
     model = run.model.eval()
     patch_size = tuple(int(p) for p in run.patch_size)

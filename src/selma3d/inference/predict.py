@@ -1,33 +1,30 @@
 """Patch segmentation with a finetuned run: sliding windows, Gaussian blending, flip TTA.
 
 A finetuned ``RUN/`` folder holds ``model.pt`` (weights + model config) and ``run.json``
-(patch size, normalization, threshold, structures, type), so :func:`predict_path` needs nothing
-else. Windows are stitched by MONAI's ``sliding_window_inference`` with Gaussian weights, which
+(patch size, normalization, threshold, structures, type, xy downsampling; the contract is
+:mod:`selma3d.artifacts.run`), so :func:`predict_path` needs nothing else. Windows are stitched by MONAI's ``sliding_window_inference`` with Gaussian weights, which
 down-weights window borders where a convolutional network sees the least context.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..artifacts.run import MODEL_FILE, MODEL_FORMAT, RUN_FILE, FinetunedRun, load_finetuned_run  # noqa: F401
+from ..artifacts.run import save_model_file  # noqa: F401  (kept importable from here)
 from ..data.normalize import DEFAULT_NORMALIZATION, Normalization
-from ..errors import InputError, Selma3dError
+from ..data.resample import pool_image_xy, upsample_xy
+from ..errors import InputError
 from ..io.nifti import NIFTI_SUFFIXES, case_name, is_nifti, read_nifti, write_nifti
 from ..paths import check_output
+from ..utils.devices import default_device, model_device
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
-
-MODEL_FILE = "model.pt"
-RUN_FILE = "run.json"
-ROUTER_FILE = "router.pt"
-MODEL_FORMAT = "selma3d-model"
 
 
 def flip_combinations(tta_flips) -> list[tuple[int, ...]]:
@@ -56,7 +53,7 @@ def sliding_window_probabilities(model: torch.nn.Module, image: torch.Tensor, pa
 
     from .windows import autocast
 
-    device = _model_device(model)
+    device = model_device(model)
 
     def predictor(x):
         with autocast(device, precision):
@@ -76,20 +73,16 @@ def sliding_window_probabilities(model: torch.nn.Module, image: torch.Tensor, pa
     return total / len(flips)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def predict_probabilities(model: torch.nn.Module, array: np.ndarray, patch_size: Sequence[int],
                           overlap: float = 0.5, tta_flips=False, normalize: bool | Normalization = True,
-                          sw_batch_size: int = 4, progress: bool = False, precision: str = "fp32") -> np.ndarray:
+                          sw_batch_size: int = 4, progress: bool = False, precision: str = "fp32",
+                          downsample_xy: int = 1) -> np.ndarray:
     """Float32 (z, y, x) foreground probabilities of a raw (or already normalized) patch.
 
     ``normalize``: a :class:`Normalization` (the run's), ``True`` for the default one, or
-    ``False`` for an image that is already normalized.
+    ``False`` for an image that is already normalized. ``downsample_xy`` > 1 (a run trained at
+    that xy pooling): the normalized image is mean-pooled in xy, predicted, and the
+    probabilities repeated back to the input grid.
     """
     array = np.asarray(array)
     if array.ndim != 3:
@@ -97,58 +90,34 @@ def predict_probabilities(model: torch.nn.Module, array: np.ndarray, patch_size:
     if normalize is True:
         normalize = DEFAULT_NORMALIZATION
     image = normalize(array) if normalize else np.asarray(array, dtype=np.float32)
+    image = pool_image_xy(image, downsample_xy)
     was_training = model.training
     model.eval()
     try:
-        x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(_model_device(model))
+        x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(model_device(model))
         probs = sliding_window_probabilities(model, x, patch_size, overlap=overlap, tta_flips=tta_flips,
                                              sw_batch_size=sw_batch_size, progress=progress, precision=precision)
     finally:
         model.train(was_training)
-    return probs[0, 0].cpu().numpy()
+    return upsample_xy(probs[0, 0].cpu().numpy(), downsample_xy, array.shape)
 
 
 def predict_volume(model: torch.nn.Module, array: np.ndarray, patch_size: Sequence[int],
                    overlap: float = 0.5, tta_flips=False, threshold: float = 0.5,
                    min_size: int = 0, normalize: bool | Normalization = True, sw_batch_size: int = 4,
-                   progress: bool = False, precision: str = "fp32") -> np.ndarray:
+                   progress: bool = False, precision: str = "fp32", downsample_xy: int = 1) -> np.ndarray:
     """Binary uint8 (z, y, x) mask: probabilities > ``threshold``, components < ``min_size`` removed."""
     probs = predict_probabilities(model, array, patch_size, overlap=overlap, tta_flips=tta_flips,
                                   normalize=normalize, sw_batch_size=sw_batch_size, progress=progress,
-                                  precision=precision)
+                                  precision=precision, downsample_xy=downsample_xy)
     mask = (probs > threshold).astype(np.uint8)
     return remove_small_components(mask, min_size) if min_size > 1 else mask
 
 
 # --------------------------------------------------------------------------- runs on disk
 
-@dataclass
-class LoadedRun:
+class LoadedRun(FinetunedRun):
     """A finetuned model ready to predict, with the settings it was trained under."""
-
-    path: Path
-    model: torch.nn.Module
-    info: dict = field(default_factory=dict)
-
-    @property
-    def patch_size(self) -> tuple[int, int, int]:
-        return tuple(int(p) for p in self.info["patch_size"])
-
-    @property
-    def threshold(self) -> float:
-        return float(self.info.get("threshold", 0.5))
-
-    @property
-    def type(self) -> str:
-        return str(self.info.get("type", "mixed"))
-
-    @property
-    def normalization(self) -> Normalization:
-        """The normalization the run was trained with (runs without a record: plain percentiles)."""
-        try:
-            return Normalization.from_dict(self.info.get("normalization"))
-        except InputError as exc:
-            raise Selma3dError(f"{self.path}: {exc}") from None
 
     def predict(self, array: np.ndarray, overlap: float = 0.5, tta_flips=False,
                 threshold: float | None = None, min_size: int = DEFAULT_MIN_SIZE, batch_size: int = 4,
@@ -156,49 +125,12 @@ class LoadedRun:
         return predict_volume(self.model, array, self.patch_size, overlap=overlap, tta_flips=tta_flips,
                               threshold=self.threshold if threshold is None else threshold,
                               min_size=min_size, normalize=self.normalization, sw_batch_size=batch_size,
-                              precision=precision)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def save_model_file(model: torch.nn.Module, path: str | os.PathLike, **extra) -> Path:
-    """Write ``{"format", "model": config, "state_dict", **extra}`` atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save({"format": MODEL_FORMAT, "model": dict(model.config), "state_dict": state, **extra}, tmp)
-    os.replace(tmp, path)
-    return path
+                              precision=precision, downsample_xy=self.downsample_xy)
 
 
 def load_run(run_dir: str | os.PathLike, device: torch.device | str | None = None) -> LoadedRun:
     """Load ``RUN/model.pt`` and ``RUN/run.json``; raises :class:`InputError` naming what is missing."""
-    from ..models import build_model
-
-    run_dir = Path(run_dir)
-    model_path, info_path = run_dir / MODEL_FILE, run_dir / RUN_FILE
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: run folder not found (expected the --out folder of `selma3d finetune`)")
-    for needed in (model_path, info_path):
-        if not needed.is_file():
-            raise InputError(f"{run_dir}: {needed.name} missing; is this a finished `selma3d finetune` run?")
-    try:
-        info = json.loads(info_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{info_path}: invalid JSON ({exc})") from None
-    try:
-        payload = torch.load(model_path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise InputError(f"{model_path}: cannot read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise InputError(f"{model_path}: not a selma3d model file")
-    model = build_model(**payload["model"])
-    model.load_state_dict(payload["state_dict"])
-    model.to(device or default_device()).eval()
-    return LoadedRun(path=run_dir, model=model, info=info)
+    return load_finetuned_run(run_dir, device=device, cls=LoadedRun)
 
 
 # --------------------------------------------------------------------------- files and folders
@@ -287,7 +219,7 @@ def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], inpu
 
     route = None
     if router is not None:
-        from ..training.router import load_router
+        from ..artifacts.router import load_router
 
         route = load_router(router, device=device)
         by_type = {}

@@ -143,9 +143,9 @@ def accumulate_windows(model, region: np.ndarray, region_start: Sequence[int], g
     """
     import torch
 
-    from .predict import _model_device
+    from ..utils.devices import model_device
 
-    device = _model_device(model)
+    device = model_device(model)
     start = np.asarray(region_start, dtype=np.int64)
     box = tuple(int(b - s) for b, s in zip(box_stop, start))
     n_flips = len(grid.flips)

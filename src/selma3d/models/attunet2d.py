@@ -29,13 +29,13 @@ def _double_conv(in_ch: int, out_ch: int, norm, dropout: float, stride: int = 1)
     )
 
 
-def _fold(x: torch.Tensor) -> torch.Tensor:
+def fold_slices(x: torch.Tensor) -> torch.Tensor:
     """(B, C, D, H, W) -> (B*D, C, H, W)."""
     b, c, d, h, w = x.shape
     return x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
 
 
-def _unfold(x: torch.Tensor, batch: int) -> torch.Tensor:
+def unfold_slices(x: torch.Tensor, batch: int) -> torch.Tensor:
     """(B*D, C, H, W) -> (B, C, D, H, W)."""
     bd, c, h, w = x.shape
     return x.reshape(batch, bd // batch, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
@@ -132,11 +132,11 @@ class AttentionUNet2D(nn.Module):
         self._check(x, (4, 5))
         if x.ndim == 4:
             return self.encoder(x)[-1]
-        return _unfold(self.encoder(_fold(x))[-1], x.shape[0])
+        return unfold_slices(self.encoder(fold_slices(x))[-1], x.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for 5D volumes (slice by slice) or for 4D slices."""
         self._check(x, (4, 5))
         if x.ndim == 4:
             return self.decoder(self.encoder(x))
-        return _unfold(self.decoder(self.encoder(_fold(x))), x.shape[0])
+        return unfold_slices(self.decoder(self.encoder(fold_slices(x))), x.shape[0])

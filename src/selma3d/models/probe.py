@@ -32,10 +32,10 @@ def multiscale_features(base: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     if name == "unet3d":
         return list(base.encoder(x))
     if name == "attunet2d":  # slice by slice: fold z into the batch, unfold every level back
-        from selma3d.models.attunet2d import _fold, _unfold
+        from selma3d.models.attunet2d import fold_slices, unfold_slices
 
         base._check(x, (5,))
-        return [_unfold(f, x.shape[0]) for f in base.encoder(_fold(x))]
+        return [unfold_slices(f, x.shape[0]) for f in base.encoder(fold_slices(x))]
     if name == "swinunetr":
         base._check_input_size(x.shape[2:])
         return list(base.swinViT(x, base.normalize))

@@ -41,7 +41,7 @@ def find_case_file(folder: str | os.PathLike | None, case: str, suffixes=SUFFIXE
     return None
 
 
-def _fmt(stat: dict | None) -> str:
+def format_cell(stat: dict | None) -> str:
     if not stat or stat.get("mean") is None:
         return "–"
     if stat.get("std") is None:
@@ -80,7 +80,7 @@ def build_report(metrics_json: str | os.PathLike, out_dir: str | os.PathLike,
         n = max((summary[kind][m].get("n", 0) for m in cols), default=0)
         parts.append(f"<h2>{kind}-like structures (n = {n})</h2><table><tr>"
                      + "".join(f"<th>{METRIC_LABELS[m]}</th>" for m in cols) + "</tr><tr>"
-                     + "".join(f"<td>{_fmt(summary[kind][m])}</td>" for m in cols) + "</tr></table>")
+                     + "".join(f"<td>{format_cell(summary[kind][m])}</td>" for m in cols) + "</tr></table>")
     if study is not None:
         from ..study.report import embed_study
 

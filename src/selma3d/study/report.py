@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.metrics import METRICS_BY_TYPE
-from ..report.html import METRIC_LABELS, _fmt
+from ..report.html import METRIC_LABELS, format_cell
 from ..utils.atomic import atomic_path, atomic_write
 from . import stats
 from .plan import SCRATCH
@@ -201,7 +201,7 @@ def plot_curves(section: dict, path: Path) -> Path:
 
 
 def _cell(stat: dict) -> str:
-    return _fmt(stat) if stat and stat.get("mean") is not None else "–"
+    return format_cell(stat) if stat and stat.get("mean") is not None else "–"
 
 
 def html_section(analysis: dict, image_dir: str = "") -> str:

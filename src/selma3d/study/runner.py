@@ -142,7 +142,7 @@ def _quiet():
 def ensure_encoder(plan: StudyPlan, method: str) -> tuple[Path, bool]:
     """``encoder.pt`` of ``method``: given, already pretrained, resumed, or pretrained now.
     Returns (path, whether pretraining ran in this call)."""
-    from ..models import load_encoder_checkpoint
+    from ..artifacts.encoder import load_encoder_checkpoint
     from ..training.pretrain import CHECKPOINT_NAME, ENCODER_NAME, PretrainConfig, checkpoint_step, run_pretraining
 
     model = plan.model_for(method)
@@ -168,7 +168,7 @@ def ensure_encoder(plan: StudyPlan, method: str) -> tuple[Path, bool]:
             ran = True
     # The scratch arms build the same architecture from the plan: check the encoder fits it.
     from ..models import build_model
-    from ..models._common import canonical
+    from ..models import canonical
     from ..models.registry import MODELS
 
     saved = canonical(load_encoder_checkpoint(path)["model"])
@@ -196,7 +196,8 @@ def finetune_config(plan: StudyPlan, arm: Arm, run_dir: Path, encoder: Path | No
 def run_arm(plan: StudyPlan, arm: Arm, encoder: Path | None, cases: list[TestCase]) -> dict:
     """Finetune one arm and score it on its test cases; returns the arm record (not yet saved)."""
     from ..evaluation.metrics import metrics_for_type
-    from ..inference.predict import RUN_FILE, load_run
+    from ..artifacts.run import RUN_FILE
+    from ..inference.predict import load_run
     from ..training.finetune import CHECKPOINT_DIR, finetune
 
     run_dir = Path(plan.out) / RUNS_DIR / arm.key

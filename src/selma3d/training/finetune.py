@@ -3,8 +3,10 @@
 ``RUN/`` (the ``--out`` folder) ends up holding everything ``selma3d predict`` needs:
 
 * ``model.pt``: weights of the best validation step (by mean Dice) + the model config;
-* ``run.json``: model options, patch size, normalization, threshold, structures and their type,
-  the training arguments, the best step and score, library versions;
+* ``run.json``: model options, patch size, normalization, threshold, xy downsampling (the
+  ``--pretrained`` encoder's adaptation plan unless ``--downsample-xy`` says otherwise),
+  structures and their type, the training arguments, the best step and score, library versions
+  (the contract: :mod:`selma3d.artifacts.run`);
 * ``curves.csv`` / ``curves.png``: training loss, learning rate and validation metrics per step;
 * ``checkpoints/last.ckpt``: the full training state (weights, optimizer, scheduler, step,
   curves with the validation values, best score and step, RNG states) written atomically every
@@ -31,8 +33,9 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, Selma3dError
-from ..inference.predict import MODEL_FILE, RUN_FILE, save_model_file, sliding_window_probabilities
-from ..utils.atomic import atomic_path, write_json
+from ..artifacts.run import MODEL_FILE, RUN_FILE, save_model_file, write_run_info
+from ..inference.predict import sliding_window_probabilities
+from ..utils.atomic import atomic_path
 from ..utils.schedules import warmup_cosine
 from ..utils.triples import parse_triple
 from .checkpoint_io import AtomicCheckpointIO
@@ -65,6 +68,7 @@ class FinetuneConfig:
     model: str | None = None
     model_options: dict = field(default_factory=dict)
     pretrained: str | None = None
+    downsample_xy: int | None = None  # xy average-pooling; None: the --pretrained encoder's plan (else 1)
     freeze_encoder: bool = False
     schedule: str | None = None  # constant | sawtooth; default: sawtooth with --pretrained
     encoder_lr_scale: float = 0.1  # sawtooth: encoder learning rate relative to --lr
@@ -106,6 +110,8 @@ class FinetuneConfig:
             raise InputError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.lr <= 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
+        if self.downsample_xy is not None and int(self.downsample_xy) < 1:
+            raise InputError(f"--downsample-xy must be >= 1, got {self.downsample_xy}")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise InputError(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.structures is not None:
@@ -450,7 +456,8 @@ def parse_model_options(pairs: Sequence[str]) -> dict:
 
 def build_network(config: FinetuneConfig) -> torch.nn.Module:
     """The model from ``--pretrained`` (architecture named by the checkpoint) or ``build_model``."""
-    from ..models import build_model, load_encoder_checkpoint, model_from_encoder_checkpoint
+    from ..artifacts.encoder import load_encoder_checkpoint, model_from_encoder_checkpoint
+    from ..models import build_model
 
     if config.pretrained:
         path = Path(config.pretrained)
@@ -509,16 +516,46 @@ def choose_threshold(scores: dict[float, float], tolerance: float = 0.0) -> floa
     return max(float(t) for t, score in scores.items() if score >= best - tolerance)
 
 
+def adaptation_plan(config: FinetuneConfig):
+    """The ``--pretrained`` encoder's :class:`~selma3d.artifacts.encoder.AdaptationPlan` (or None)."""
+    from ..artifacts.encoder import load_plan
+
+    return load_plan(config.pretrained) if config.pretrained else None
+
+
 def normalization_for(config: FinetuneConfig):
     """The pretrained encoder's normalization (its adaptation plan), else the default one: an
     encoder only transfers if it sees intensities scaled as in pretraining."""
-    from ..data.normalize import DEFAULT_NORMALIZATION, Normalization
-    from ..models import load_encoder_checkpoint
+    from ..data.normalize import DEFAULT_NORMALIZATION
 
-    if not config.pretrained:
-        return DEFAULT_NORMALIZATION
-    saved = load_encoder_checkpoint(config.pretrained).get("normalization")
-    return Normalization.from_dict(saved) if saved else DEFAULT_NORMALIZATION
+    plan = adaptation_plan(config)
+    return plan.normalization_object() if plan else DEFAULT_NORMALIZATION
+
+
+def downsample_for(config: FinetuneConfig, echo=print) -> int:
+    """The xy pooling to finetune (and predict) at: the encoder's plan unless ``--downsample-xy``
+    says otherwise, which is allowed (e.g. to finetune finer than pretraining) and said in one line."""
+    plan = adaptation_plan(config)
+    planned = plan.downsample_xy if plan else 1
+    if config.downsample_xy is None:
+        return planned
+    given = int(config.downsample_xy)
+    if plan is not None and given != planned:
+        echo(f"note: finetuning at --downsample-xy {given}, while the encoder {config.pretrained} was "
+             f"pretrained at {planned}: its features were learned at {planned}x coarser xy sampling, so "
+             f"transfer may suffer (omit --downsample-xy to follow the encoder's plan)", flush=True)
+    return given
+
+
+def pool_cases(data: FinetuneDataModule, factor: int) -> None:
+    """Average-pool the images (majority-pool the labels) of the loaded cases by ``factor`` in xy."""
+    if factor == 1:
+        return
+    from ..data.resample import pool_image_xy, pool_mask_xy
+
+    for cases in (data.train_cases, data.val_cases):
+        cases[:] = [replace(c, image=pool_image_xy(c.image, factor), label=pool_mask_xy(c.label, factor))
+                    for c in cases]
 
 
 def _versions() -> dict:
@@ -529,15 +566,16 @@ def _versions() -> dict:
 
 
 def run_info(config: FinetuneConfig, model: torch.nn.Module, data: FinetuneDataModule, status: str,
-             best: dict | None = None) -> dict:
+             best: dict | None = None, downsample_xy: int = 1) -> dict:
+    """``run.json`` (the contract: :mod:`selma3d.artifacts.run`)."""
     return {
-        "format": "selma3d-run",
         "status": status,
         "model": dict(model.config),
         "patch_size": list(config.patch_size),
         "normalization": data.normalization.to_dict() | {"per": "patch"},
         "threshold": config.threshold or DEFAULT_THRESHOLD,
         "overlap": config.overlap,
+        "downsample_xy": int(downsample_xy),
         "structures": data.structure_names,
         "type": data.structure_type,
         "split": {"train": sorted(c.name for c in data.train_cases), "val": sorted(c.name for c in data.val_cases)},
@@ -594,6 +632,8 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
                               augment_options={"strength": config.augment},
                               normalization=normalization_for(config))
     data.setup("fit")
+    factor = downsample_for(config, echo=print if not resume else (lambda *a, **k: None))
+    pool_cases(data, factor)  # the resolution the encoder learned at (its adaptation plan)
     # the tubed skeleton of each augmented crop is computed in the loader, not in the step
     data.augment_options["skeleton"] = config.loss.endswith("+skelrec")
     module = SegmentationModule(model, loss=config.loss, lr=config.lr, weight_decay=config.weight_decay,
@@ -607,10 +647,11 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
         from .pretrain import checkpoint_step
 
         data.start_step = checkpoint_step(last)
-    info = run_info(config, model, data, status="training")
-    write_json(out / RUN_FILE, info)
+    info = run_info(config, model, data, status="training", downsample_xy=factor)
+    write_run_info(out / RUN_FILE, info)
 
-    extra = {"patch_size": list(config.patch_size), "threshold": config.threshold or DEFAULT_THRESHOLD}
+    extra = {"patch_size": list(config.patch_size), "threshold": config.threshold or DEFAULT_THRESHOLD,
+             "downsample_xy": factor}
     keeper = BestModelKeeper(out, extra)
     curves = CurvesWriter(out, log_every=max(1, min(10, config.max_steps // 50 or 1)))
     has_val = bool(data.val_cases)
@@ -645,8 +686,9 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
         keeper.best_step = trainer.global_step
     curves.write()
     best = {"step": keeper.best_step, "val_dice": keeper.best_score}
-    info = run_info(config, model, data, status="finished", best=best) | {"steps_done": int(trainer.global_step)}
-    write_json(out / RUN_FILE, info)
+    info = run_info(config, model, data, status="finished", best=best,
+                    downsample_xy=factor) | {"steps_done": int(trainer.global_step)}
+    write_run_info(out / RUN_FILE, info)
     if config.threshold is None:
         # Held-out patches when there are any; else the training patches themselves (in-sample, so
         # optimistic, but the bias it corrects, the foreground prior of balanced crops, is the same
@@ -654,6 +696,6 @@ def finetune(config: FinetuneConfig, resume: bool = False) -> Path:
         held_out = bool(data.val_cases)
         calibration = calibrate_threshold(out, data.val_cases if held_out else data.train_cases)
         calibration["on"] = "validation" if held_out else "train"
-        write_json(out / RUN_FILE, info | {"threshold": calibration["threshold"],
-                                           "threshold_calibration": calibration})
+        write_run_info(out / RUN_FILE, info | {"threshold": calibration["threshold"],
+                                               "threshold_calibration": calibration})
     return out

@@ -9,7 +9,7 @@ AdamW and a linear-warmup + cosine learning-rate schedule, and writes into the r
   DINO's centers, optimizer, schedule, step, loss and health history, RNG states), written
   atomically every ``checkpoint_every`` steps and at the end,
 - ``loss.csv`` / ``loss.png``: the loss curve (every logged term),
-- ``encoder.pt``: the encoder checkpoint (:func:`selma3d.models.save_encoder`) naming the model,
+- ``encoder.pt``: the encoder checkpoint (:func:`selma3d.artifacts.encoder.save_encoder`) naming the model,
   its options, the method and the normalization, so finetuning needs no further flags,
 - ``health.csv`` / ``health.png``: SSL health every ``health_every`` steps (embedding spread,
   effective rank, linear-probe Dice; :mod:`selma3d.training.ssl_health`),
@@ -193,7 +193,7 @@ class PretrainModule(pl.LightningModule):
         set_rng_state(checkpoint.get("rng_state"))
 
     def save_encoder(self) -> Path:
-        from ..models import save_encoder
+        from ..artifacts.encoder import save_encoder
 
         path = self.run_dir / ENCODER_NAME
         save_encoder(self.method.backbone, path, method=self.config.method, steps=int(self.global_step),

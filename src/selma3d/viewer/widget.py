@@ -54,7 +54,7 @@ def predict_with_progress(run: LoadedRun, array: np.ndarray, callback: Callable[
     model = _CountingModel(run.model, total, callback or (lambda done, total: None))
     return predict_volume(model, array, run.patch_size, overlap=overlap, sw_batch_size=SW_BATCH_SIZE,
                           threshold=run.threshold if threshold is None else threshold, min_size=min_size,
-                          normalize=run.normalization)
+                          normalize=run.normalization, downsample_xy=run.downsample_xy)
 
 
 def _level0(data) -> np.ndarray:
