@@ -13,14 +13,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-#: marks temporary files (``.<name>.<pid>.partial[<suffix>]``) that a kill may leave behind
+#: marks temporary files (``.<name>.partial[<suffix>]``) that a kill may leave behind. The name
+#: has no process id: a rerun after a kill writes the same temporary name and so replaces what the
+#: killed run left (with a pid in it the debris stayed next to the outputs; tests/test_sigkill_resume.py)
 PARTIAL = ".partial"
 
 
 def temporary_name(path: str | os.PathLike, suffix: str = "") -> Path:
     """The hidden temporary name :func:`atomic_path` writes ``path`` under (same folder)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}{PARTIAL}{suffix}")
+    return path.with_name(f".{path.name}{PARTIAL}{suffix}")
 
 
 @contextmanager
@@ -34,6 +36,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", mkdir: bool = True) -
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path, suffix)
+    if tmp.exists():  # left by a killed run
+        tmp.unlink()
     try:
         yield tmp
         os.replace(tmp, path)
