@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 import typer
 
 from ..errors import InputError
+from ..utils.atomic import atomic_write
 
 CONFIG_FILE = "config.yaml"
 #: flags that never belong in a config file
@@ -216,10 +217,7 @@ def write_run_config(run_dir: str | os.PathLike, command_name: str, options: dic
               f"# Repeat it with: selma3d {command_name} --config {path} --out NEW_FOLDER\n")
     text = header + yaml.safe_dump(json.loads(json.dumps(options, default=str)), sort_keys=False,
                                    default_flow_style=None)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text)
 
 
 @contextlib.contextmanager
