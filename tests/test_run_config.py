@@ -164,21 +164,28 @@ def test_null_in_the_file_means_the_default(tmp_path, tiny_dataset, fake_finetun
 
 # --------------------------------------------------------------------------------- pretrain, study
 
+def _flags_file_and_record(monkeypatch, capsys, tmp_path, command, flags, config_text):
+    """Run ``command`` three times: with ``flags`` (out a), with a config file of ``config_text``
+    (out b), and with the ``config.yaml`` that run a recorded (out c); each must succeed."""
+    code, _, err = run_cli(monkeypatch, capsys, command, *flags, "--out", tmp_path / "a")
+    assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, command, "--config", _yaml(tmp_path, config_text),
+                           "--out", tmp_path / "b")
+    assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, command, "--config", tmp_path / "a" / "config.yaml",
+                           "--out", tmp_path / "c")
+    assert code == 0, err
+
+
 def test_pretrain_config_file_resolves_like_the_same_flags(tmp_path, tiny_dataset, fake_pretrain,
                                                            monkeypatch, capsys):
     flags = ["--method", "byol", "--max-steps", "3", "--patch-size", "16x16x16", "--model-option",
              "features=4,8,16", "--method-option", "ema=0.9", "--structures", "vessel", "--quiet",
              "--num-workers", "0", "--fg-fraction", "0"]
-    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", tiny_dataset, "--out", tmp_path / "a", *flags)
-    assert code == 0, err
-    config = _yaml(tmp_path, f"method: byol\ndata: {tiny_dataset}\nmax_steps: 3\npatch-size: 16\n"
-                   "model_option: {features: [4, 8, 16]}\nmethod_option: {ema: 0.9}\nstructures: vessel\n"
-                   "quiet: true\nnum_workers: 0\nfg_fraction: 0\n")
-    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--config", config, "--out", tmp_path / "b")
-    assert code == 0, err
-    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--config", tmp_path / "a" / "config.yaml",
-                           "--out", tmp_path / "c")
-    assert code == 0, err
+    _flags_file_and_record(monkeypatch, capsys, tmp_path, "pretrain", ["--data", tiny_dataset, *flags],
+                           f"method: byol\ndata: {tiny_dataset}\nmax_steps: 3\npatch-size: 16\n"
+                           "model_option: {features: [4, 8, 16]}\nmethod_option: {ema: 0.9}\nstructures: vessel\n"
+                           "quiet: true\nnum_workers: 0\nfg_fraction: 0\n")
     by_flags, by_file, repeated = fake_pretrain
     assert _without_out(by_flags) == _without_out(by_file) == _without_out(repeated)
     assert by_file.model_options == {"features": [4, 8, 16]} and by_file.patch_size == (16, 16, 16)
@@ -187,16 +194,10 @@ def test_pretrain_config_file_resolves_like_the_same_flags(tmp_path, tiny_datase
 def test_study_config_file_resolves_like_the_same_flags(tmp_path, tiny_dataset, fake_study, monkeypatch, capsys):
     flags = ["--preset", "tiny", "--labels", "1,all", "--seeds", "0,1", "--structures", "cfos",
              "--steps", "3", "--patch-size", "16", "--model-option", "features=4,8,16", "--quiet"]
-    code, _, err = run_cli(monkeypatch, capsys, "study", "--data", tiny_dataset, "--out", tmp_path / "a", *flags)
-    assert code == 0, err
-    config = _yaml(tmp_path, f"data: {tiny_dataset}\npreset: tiny\nlabels: [1, all]\nseeds: [0, 1]\n"
-                   "structures: [cfos]\nsteps: 3\npatch_size: 16\nmodel_option: {features: [4, 8, 16]}\n"
-                   "quiet: true\n")
-    code, _, err = run_cli(monkeypatch, capsys, "study", "--config", config, "--out", tmp_path / "b")
-    assert code == 0, err
-    code, _, err = run_cli(monkeypatch, capsys, "study", "--config", tmp_path / "a" / "config.yaml",
-                           "--out", tmp_path / "c")
-    assert code == 0, err
+    _flags_file_and_record(monkeypatch, capsys, tmp_path, "study", ["--data", tiny_dataset, *flags],
+                           f"data: {tiny_dataset}\npreset: tiny\nlabels: [1, all]\nseeds: [0, 1]\n"
+                           "structures: [cfos]\nsteps: 3\npatch_size: 16\nmodel_option: {features: [4, 8, 16]}\n"
+                           "quiet: true\n")
     plans = [{k: v for k, v in asdict(p).items() if k not in ("out", "data")} for p in fake_study]
     assert plans[0] == plans[1] == plans[2]
     assert fake_study[0].labels == [1, None] and fake_study[0].model_options["unet3d"] == {"features": [4, 8, 16]}
