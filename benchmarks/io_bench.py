@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from selma3d.io.tiffstack import TiffStack, write_slices
-from selma3d.io.zarrstore import convert_to_zarr, open_zarr_volume
+from selma3d.io.zarr_convert import convert_to_zarr
+from selma3d.io.zarrstore import open_zarr_volume
 
 
 def synthetic_slices(shape, seed):

@@ -31,7 +31,7 @@ from scipy import ndimage
 from skimage.measure import regionprops_table
 
 from selma3d.io.volume import open_volume
-from selma3d.io.zarrstore import convert_to_zarr
+from selma3d.io.zarr_convert import convert_to_zarr
 from selma3d.objects.pipeline import run_stats
 
 PROPERTIES = ("label", "centroid", "area", "bbox", "intensity_mean", "intensity_max")

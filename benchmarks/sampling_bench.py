@@ -79,7 +79,7 @@ def main() -> None:
     from selma3d.data.sampling import PatchDataset, PatchSampler, VolumeSource
     from selma3d.data.synthetic import volume_imager, write_volume
     from selma3d.io.volume import open_volume
-    from selma3d.io.zarrstore import convert_to_zarr
+    from selma3d.io.zarr_convert import convert_to_zarr
 
     warnings.simplefilter("ignore", RuntimeWarning)
     with tempfile.TemporaryDirectory() as tmp:

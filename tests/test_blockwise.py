@@ -29,7 +29,7 @@ from selma3d.inference.prefetch import READER_THREAD
 from selma3d.io.nifti import write_nifti
 from selma3d.io.tiffstack import TiffStack, write_slices
 from selma3d.io.volume import open_volume
-from selma3d.io.zarrstore import convert_to_zarr
+from selma3d.io.zarr_convert import convert_to_zarr
 
 SHAPE = (18, 45, 41)  # a multiple of neither the block nor the window
 PATCH = (8, 20, 16)  # windows larger than a block in y: spill crosses two blocks

@@ -11,7 +11,7 @@ import pytest
 
 from selma3d import cli
 from selma3d.errors import InputError
-from selma3d.io import tiffstack, zarrstore
+from selma3d.io import tiffstack, zarr_convert, zarrstore
 from selma3d.io.tiffstack import write_slices
 from selma3d.io.volume import open_volume, volume_spacing
 
@@ -97,19 +97,19 @@ def test_killed_conversion_resumes_and_verifies(tmp_path, slices, volume, monkey
     full = np.concatenate([volume, np.asarray(open_volume(slices))[20:]])
     out = tmp_path / "brain.zarr"
 
-    original_downsample = zarrstore.downsample_mean
+    original_downsample = zarr_convert.downsample_mean
 
     def killed(_block):
         raise KeyboardInterrupt  # what Ctrl-C or a kill would do while the pyramid is built
 
     monkeypatch.setattr(zarrstore, "MIN_LEVEL_SIZE", 16)  # let this tiny volume have a level 1
-    monkeypatch.setattr(zarrstore, "downsample_mean", killed)
+    monkeypatch.setattr(zarr_convert, "downsample_mean", killed)
     args = ("convert", slices, out, "--chunks", "16", "--levels", "2")
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 130 and "interrupted" in err, (code, _, err)
     with pytest.raises(InputError, match="incomplete"):
         open_volume(out)
-    monkeypatch.setattr(zarrstore, "downsample_mean", original_downsample)
+    monkeypatch.setattr(zarr_convert, "downsample_mean", original_downsample)
 
     reads = []
     original = tiffstack.TiffStack.read_region

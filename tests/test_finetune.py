@@ -225,7 +225,8 @@ def test_cli_finetune_validates_checkpoints_and_resumes_from_the_saved_step(tiny
 def test_freeze_encoder_keeps_pretrained_encoder_bit_identical(tiny_dataset, tmp_path):
     import pytorch_lightning as pl
 
-    from selma3d.models import build_model, model_from_encoder_checkpoint, save_encoder
+    from selma3d.models import build_model
+    from selma3d.artifacts.encoder import model_from_encoder_checkpoint, save_encoder
     from selma3d.training.finetune import build_network, finetune
 
     # batch norm: its running statistics would drift if the frozen encoder were left in train mode

@@ -87,7 +87,7 @@ class World:
         return path
 
     def zarr(self, name: str, shape=(24, 32, 32)) -> Path:
-        from selma3d.io.zarrstore import convert_to_zarr
+        from selma3d.io.zarr_convert import convert_to_zarr
 
         volume = (np.random.default_rng(0).random(shape) * 1000).astype(np.int16)
         return convert_to_zarr(volume, self.tmp / name, chunks=16, progress=False)

@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from selma3d.errors import InputError, Selma3dError
-from selma3d.models import (
-    MODEL_NAMES,
-    build_model,
-    load_encoder_checkpoint,
-    load_encoder_into,
-    model_from_encoder_checkpoint,
-    save_encoder,
-)
+from selma3d.artifacts.encoder import (load_encoder_checkpoint, load_encoder_into, model_from_encoder_checkpoint,
+                                       save_encoder)
+from selma3d.models import MODEL_NAMES, build_model
 
 TINY = {
     "unet3d": {"features": (4, 8, 16)},

@@ -90,7 +90,7 @@ def test_reader_opens_predicted_mask_with_shape_and_scale(tiny_dataset, tiny_run
 def test_reader_opens_ome_zarr_pyramid_lazily_as_multiscale(tmp_path):
     import zarr
 
-    from selma3d.io.zarrstore import convert_to_zarr
+    from selma3d.io.zarr_convert import convert_to_zarr
     from selma3d.viewer.reader import read_layers
 
     volume = np.random.default_rng(0).integers(0, 1000, size=(64, 72, 80)).astype(np.int16)

@@ -109,7 +109,8 @@ def test_finetune_predict_and_pretrained_plan_share_one_normalization(tiny_datas
     """The run records the spec it trained with; predict applies that spec; a pretrained encoder's
     spec (its adaptation plan) is what finetuning uses."""
     from selma3d.inference.predict import load_run
-    from selma3d.models import build_model, save_encoder
+    from selma3d.models import build_model
+    from selma3d.artifacts.encoder import save_encoder
     from selma3d.training.finetune import FinetuneConfig, finetune
 
     def config(out, **kw):

@@ -178,7 +178,7 @@ def test_several_channels_in_ome_zarr_are_refused(tmp_path):
 
 
 def test_selma3d_own_stores_still_validate(tmp_path):
-    from selma3d.io.zarrstore import convert_to_zarr
+    from selma3d.io.zarr_convert import convert_to_zarr
 
     data = RNG.integers(0, 4000, (64, 64, 64)).astype(np.uint16)
     store = convert_to_zarr(data, tmp_path / "own.zarr", chunks=32, spacing=(2, 1, 1), progress=False)

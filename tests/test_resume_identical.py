@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from selma3d.training.determinism import KILL_ENV
@@ -170,6 +171,7 @@ def test_pretraining_killed_at_a_checkpoint_resumes_bit_identical(method, tiny_d
     assert load(run / "checkpoints" / "last.ckpt")["global_step"] == KILL_AT
     assert not (run / "encoder.pt").exists() and not (run / "summary.json").exists()
     assert len((run / "loss.csv").read_text().splitlines()) == 1 + KILL_AT
+    killed_config = yaml.safe_load((run / "config.yaml").read_text())  # written while it trained
 
     # the user's resume from another directory: another worker count, the method's default model
     # named, the data path (relative when started) absolute
@@ -179,6 +181,9 @@ def test_pretraining_killed_at_a_checkpoint_resumes_bit_identical(method, tiny_d
                       "--model", default_model, "--data", data, "--no-progress", cwd=tmp_path / "elsewhere")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_pretraining(whole, run, method)
+    resumed_config = yaml.safe_load((run / "config.yaml").read_text())
+    assert resumed_config.pop("num_workers") == 1 and killed_config.pop("num_workers") == 2  # as each was run
+    assert resumed_config == killed_config
 
 
 # ---------------------------------------------------------------------------------- finetuning
@@ -236,9 +241,12 @@ def test_finetuning_killed_at_a_checkpoint_resumes_bit_identical(tiny_dataset, t
     run = tmp_path / "run"
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert_validation_logged_at_the_kill(run)
+    killed_config = yaml.safe_load((run / "config.yaml").read_text())  # written while it trained
+    assert killed_config["max_steps"] == STEPS and killed_config["structures"] in ("vessel", ["vessel"])
     resumed = selma3d("finetune", "--out", "run", "--resume", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_finetuning(whole, run)
+    assert yaml.safe_load((run / "config.yaml").read_text()) == killed_config
 
 
 # ---------------------------------------------------------------------------------- resume checks

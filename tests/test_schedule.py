@@ -51,7 +51,8 @@ def test_sawtooth_run_keeps_the_pretrained_encoder_during_decoder_warmup_then_tr
                                                                                       monkeypatch):
     import json
 
-    from selma3d.models import build_model, save_encoder
+    from selma3d.models import build_model
+    from selma3d.artifacts.encoder import save_encoder
 
     source = build_model("unet3d", features=[4, 8, 16])
     encoder_pt = save_encoder(source, tmp_path / "encoder.pt", method="test")

@@ -113,7 +113,7 @@ def test_the_network_learns_to_predict_the_maps_under_the_masks():
 
 
 def test_pretrain_records_the_recipe_and_finetuning_starts_from_it(tiny_dataset, tmp_path):
-    from selma3d.models import load_encoder_checkpoint
+    from selma3d.artifacts.encoder import load_encoder_checkpoint
     from selma3d.training.finetune import FinetuneConfig, finetune
     from selma3d.training.pretrain import PretrainConfig, run_pretraining
 

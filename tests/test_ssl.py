@@ -68,7 +68,7 @@ def train(method, batch, steps: int, lr: float = 1e-3, max_steps: int = 100):
 
 def check_method_contract(name: str, tmp_path: Path) -> None:
     """What every SSL method promises the trainer, checked on its registered tiny instance."""
-    from selma3d.models import load_encoder_checkpoint, model_from_encoder_checkpoint, save_encoder
+    from selma3d.artifacts.encoder import load_encoder_checkpoint, model_from_encoder_checkpoint, save_encoder
 
     spec = METHODS[name]
     size = spec.tiny_patch
@@ -211,7 +211,7 @@ def run_config(data, out, **overrides):
 
 
 def test_pretrained_encoder_arrives_unchanged_in_finetuning_model(tiny_dataset, tmp_path):
-    from selma3d.models import load_encoder_checkpoint, model_from_encoder_checkpoint
+    from selma3d.artifacts.encoder import load_encoder_checkpoint, model_from_encoder_checkpoint
     from selma3d.training.pretrain import run_pretraining
 
     encoder_path = run_pretraining(run_config(tiny_dataset, tmp_path / "run", max_steps=3))

@@ -16,7 +16,7 @@ from scipy import ndimage
 from cli_helpers import run_cli
 from selma3d.errors import InputError
 from selma3d.io.volume import open_volume
-from selma3d.io.zarrstore import convert_to_zarr
+from selma3d.io.zarr_convert import convert_to_zarr
 from selma3d.objects import pipeline
 from selma3d.objects.journal import JOURNAL_FILE
 

@@ -154,7 +154,8 @@ def test_label_budget_is_nested_deterministic_and_per_structure(tiny_dataset):
 # --------------------------------------------------------------------------- linear probe
 def test_linear_probe_trains_only_its_head_and_reloads_for_predict(tiny_dataset, tmp_path):
     from selma3d.inference.predict import load_run, predict_path
-    from selma3d.models import build_model, save_encoder
+    from selma3d.models import build_model
+    from selma3d.artifacts.encoder import save_encoder
     from selma3d.models.probe import LinearProbe
     from selma3d.training.finetune import FinetuneConfig, finetune
 

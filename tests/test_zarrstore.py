@@ -11,8 +11,8 @@ import zarr
 from selma3d.errors import InputError, Selma3dError
 from selma3d.io.tiffstack import write_slices
 from selma3d.io.volume import open_volume, volume_spacing
-from selma3d.io.zarrstore import (convert_to_zarr, downsample_mean, open_zarr_volume, pyramid_shapes,
-                                  zarr_spacing)
+from selma3d.io.zarr_convert import convert_to_zarr
+from selma3d.io.zarrstore import downsample_mean, open_zarr_volume, pyramid_shapes, zarr_spacing
 
 SHAPE = (20, 48, 40)
 

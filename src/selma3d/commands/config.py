@@ -18,6 +18,7 @@ import contextlib
 import difflib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -220,19 +221,42 @@ def write_run_config(run_dir: str | os.PathLike, command_name: str, options: dic
     return atomic_write(path, text)
 
 
+#: how often :func:`recording` looks whether the run has (re)written its record, in seconds
+RECORD_POLL_SECONDS = 0.5
+
+
 @contextlib.contextmanager
 def recording(run_dir: str | os.PathLike, command_name: str, record: str | os.PathLike,
               options: Callable[[], dict | None]):
-    """Write ``RUN/config.yaml`` (from ``options()``) when the wrapped run ends, however it ends,
-    provided the run (re)wrote its own ``record`` of settings meanwhile: a run refused at its checks,
-    a refused resume included, leaves nothing new. Only the main process of a DDP run writes it."""
+    """Write ``RUN/config.yaml`` (from ``options()``) as soon as the wrapped run (re)writes its own
+    ``record`` of settings, and again when it ends, however it ends. A watcher thread does the
+    first write, so a run killed with SIGKILL mid-training already holds its config.yaml. A run
+    refused at its checks (a refused resume included) writes no record and so leaves nothing new.
+    Only the main process of a DDP run writes it."""
     before = _stamp(record)
+    stop = threading.Event()
+
+    def watch():
+        seen = before
+        while not stop.wait(RECORD_POLL_SECONDS):
+            now = _stamp(record)
+            if now is not None and now != seen:
+                with contextlib.suppress(Exception):  # the final write below reports nothing either
+                    _record(run_dir, command_name, record, seen, options)
+                seen = now
+
+    watcher = threading.Thread(target=watch, name="selma3d-config-recorder", daemon=True)
+    watcher.start()
     try:
         yield
     except BaseException:
+        stop.set()
+        watcher.join()
         with contextlib.suppress(Exception):  # never hide the run's own error
             _record(run_dir, command_name, record, before, options)
         raise
+    stop.set()
+    watcher.join()
     _record(run_dir, command_name, record, before, options)
 
 

@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
         """Convert a TIFF slice folder to a chunked, compressed OME-Zarr with a multiscale pyramid.
 
         Resumable: if interrupted, run the same command again to finish only what is missing."""
-        from selma3d.io.zarrstore import convert_to_zarr, open_zarr_volume
+        from selma3d.io.zarr_convert import convert_to_zarr
+        from selma3d.io.zarrstore import open_zarr_volume
         from selma3d.lockfile import output_lock
         from selma3d.paths import check_input, check_output
 

@@ -247,7 +247,8 @@ def _record(root, dest, source, mode, level, volume, spacing) -> dict:
 def _place_volume(root, structure, type, source, volume, dest, target, mode, level, chosen, chunks, progress,
                   name, key, created) -> None:
     from ..io.volume import is_zarr
-    from ..io.zarrstore import convert_to_zarr, zarr_level_path
+    from ..io.zarr_convert import convert_to_zarr
+    from ..io.zarrstore import zarr_level_path
 
     try:
         if mode == "link":

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from torch import nn
+
 from selma3d.errors import Selma3dError
 
 
@@ -69,3 +72,19 @@ def norm_option(model: str, value, allowed=("instance", "batch", "group", "none"
     if isinstance(value, (list, tuple)):
         return (value[0], dict(value[1]) if len(value) > 1 else {})
     return value
+
+
+class SkipDecoder(nn.Module):
+    """A U-Net up path: ``ups`` (deepest first, each ``up(x, skip)``) then a 1×1 ``head``.
+
+    Subclasses build ``self.ups`` and ``self.head``; the walk over the skips is written once here.
+    """
+
+    ups: nn.ModuleList
+    head: nn.Module
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        x = skips[-1]
+        for up, skip in zip(self.ups, reversed(skips[:-1])):
+            x = up(x, skip)
+        return self.head(x)

@@ -14,7 +14,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets.attentionunet import AttentionBlock
 
 from selma3d.errors import InputError
-from selma3d.models._common import bad_option, canonical, int_sequence, norm_option, positive_int, probability
+from selma3d.models._common import SkipDecoder, bad_option, canonical, int_sequence, norm_option, positive_int, probability
 
 NAME = "attunet2d"
 
@@ -74,19 +74,13 @@ class AttentionUpStage(nn.Module):
         return self.merge(torch.cat([self.gate(g=up, x=skip), up], dim=1))
 
 
-class AttentionDecoder2D(nn.Module):
+class AttentionDecoder2D(SkipDecoder):
     def __init__(self, out_channels: int, features: tuple[int, ...], norm, dropout: float):
         super().__init__()
         self.ups = nn.ModuleList(
             AttentionUpStage(features[i + 1], features[i], norm, dropout) for i in reversed(range(len(features) - 1))
         )
         self.head = nn.Conv2d(features[0], out_channels, kernel_size=1)
-
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = skips[-1]
-        for up, skip in zip(self.ups, reversed(skips[:-1])):
-            x = up(x, skip)
-        return self.head(x)
 
 
 class AttentionUNet2D(nn.Module):

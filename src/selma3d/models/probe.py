@@ -46,22 +46,20 @@ class LinearProbe(nn.Module):
     """``base``'s frozen encoder features → one 1×1×1 convolution (the only trained weights).
 
     Build it around an existing (e.g. pretrained) network with :meth:`around`, or from a config
-    with ``LinearProbe(base={...})`` (what :func:`selma3d.models.build_model` does on reload).
+    with ``build_model("probe", base={...})`` (what reloading a saved probe run does: the
+    registry builds the base network first, so this module does not import the registry).
     """
 
     encoder_options = ()
+    #: build_model builds the network named by the ``base`` option and passes it as ``_network``.
+    wraps_model = True
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base: dict | None = None,
                  _network: nn.Module | None = None):
         super().__init__()
-        from selma3d.models.registry import build_model
-
         out_channels = positive_int(NAME, "out_channels", out_channels)
         if _network is None:
-            if not isinstance(base, dict) or "name" not in base:
-                raise ValueError("probe needs option base: the config of the network to probe")
-            options = dict(base)
-            _network = build_model(options.pop("name"), **options)
+            raise ValueError("probe needs option base: the config of the network to probe")
         self.base = _network
         self.base.requires_grad_(False)
         self.base.eval()

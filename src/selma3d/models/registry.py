@@ -36,7 +36,7 @@ def model_options(name: str) -> dict[str, object]:
     """The options ``name`` accepts with their defaults (besides in/out channels)."""
     cls = _model_class(name)
     params = inspect.signature(cls.__init__).parameters
-    return {k: p.default for k, p in params.items() if k != "self"}
+    return {k: p.default for k, p in params.items() if k != "self" and not k.startswith("_")}
 
 
 def _model_class(name: str) -> type[nn.Module]:
@@ -54,6 +54,11 @@ def build_model(name: str, in_channels: int = 1, out_channels: int = 1, **option
         raise Selma3dError(
             f"model {name!r} has no option(s) {', '.join(unknown)}; its options are: {', '.join(known)}"
         )
+    if getattr(cls, "wraps_model", False):  # e.g. the probe: build the network it wraps first
+        base = options.pop("base", None)
+        if not isinstance(base, dict) or "name" not in base:
+            raise Selma3dError(f"model {name!r} needs option base: the config of the network to wrap")
+        options["_network"] = build_model(**base)
     try:
         return cls(in_channels=in_channels, out_channels=out_channels, **options)
     except Selma3dError:

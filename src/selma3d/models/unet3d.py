@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 
-from selma3d.models._common import bad_option, canonical, int_sequence, norm_option, positive_int, probability
+from selma3d.models._common import SkipDecoder, bad_option, canonical, int_sequence, norm_option, positive_int, probability
 
 NAME = "unet3d"
 ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
@@ -36,7 +36,7 @@ class UNetEncoder(nn.Module):
         return skips
 
 
-class UNetDecoder(nn.Module):
+class UNetDecoder(SkipDecoder):
     """Up path: transposed-conv upsampling, concatenation with the skip, double conv; 1x1 head."""
 
     def __init__(self, out_channels: int, features: tuple[int, ...], norm, dropout: float):
@@ -46,12 +46,6 @@ class UNetDecoder(nn.Module):
             for i in reversed(range(len(features) - 1))
         )
         self.head = nn.Conv3d(features[0], out_channels, kernel_size=1)
-
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = skips[-1]
-        for up, skip in zip(self.ups, reversed(skips[:-1])):
-            x = up(x, skip)
-        return self.head(x)
 
 
 class UNet3D(nn.Module):

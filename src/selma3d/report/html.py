@@ -15,14 +15,9 @@ from pathlib import Path
 from ..errors import InputError
 from ..io.nifti import read_nifti_array
 from ..utils.atomic import atomic_write
+from .cells import METRIC_LABELS, format_cell
 from .figures import overlay_figure
 
-METRIC_LABELS = {
-    "dice": "Dice ↑",
-    "cldice": "clDice ↑",
-    "betti0_error": "β0 error ↓",
-    "betti1_error": "β1 error ↓",
-}
 SUFFIXES = ("", "_img", "_label", "_pred", "_mask")
 
 
@@ -39,14 +34,6 @@ def find_case_file(folder: str | os.PathLike | None, case: str, suffixes=SUFFIXE
             if hits:
                 return hits[0]
     return None
-
-
-def format_cell(stat: dict | None) -> str:
-    if not stat or stat.get("mean") is None:
-        return "–"
-    if stat.get("std") is None:
-        return f"{stat['mean']:.3f}"
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
 def build_report(metrics_json: str | os.PathLike, out_dir: str | os.PathLike,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.metrics import METRICS_BY_TYPE
-from ..report.html import METRIC_LABELS, format_cell
+from ..report.cells import METRIC_LABELS, format_cell
 from ..utils.atomic import atomic_path, atomic_write
 from . import stats
 from .plan import SCRATCH
