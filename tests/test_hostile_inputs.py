@@ -362,6 +362,7 @@ CASES = [
     Case("finetune-zero-patch-size", lambda w: _ft(w, "--out", w.tmp / "f") + ["--patch-size", "0"],
          ("--patch-size",)),
     Case("finetune-unknown-loss", lambda w: _ft(w, "--out", w.tmp / "f", "--loss", "bogus"), ("bogus",)),
+    Case("finetune-zero-labels", lambda w: _ft(w, "--out", w.tmp / "f", "--labels", "0"), ("--labels", ">= 1")),
     Case("finetune-accelerator-gpu-on-cpu-torch", lambda w: _ft(w, "--out", w.tmp / "f", "--accelerator", "gpu"),
          ("--accelerator gpu",), cpu_only=True),
     Case("finetune-resume-without-run", lambda w: ["finetune", "--out", w.tmp / "f", "--resume"],

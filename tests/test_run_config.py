@@ -283,3 +283,20 @@ def test_real_finetune_repeated_from_its_config_yaml(tmp_path, tiny_dataset, mon
     assert {k: v for k, v in first.items() if k != "out"} == {k: v for k, v in second.items() if k != "out"}
     assert (tmp_path / "a" / "config.yaml").read_text().replace(str(tmp_path / "a"), "") == \
         (tmp_path / "b" / "config.yaml").read_text().replace(str(tmp_path / "b"), "")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_router_run_records_a_config_yaml_that_repeats_it(tmp_path, tiny_dataset, monkeypatch, capsys):
+    """`finetune --router` writes config.yaml too; run again from it, the router trains the same."""
+    code, _, err = run_cli(monkeypatch, capsys, "finetune", "--router", "--data", tiny_dataset, "--out",
+                           tmp_path / "a", "--router-steps", "3", "--patch-size", "16", "--val-fraction", "0.5",
+                           "--seed", "3", "--quiet")
+    assert code == 0, err
+    recorded = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert recorded["router"] is True and recorded["router_steps"] == 3 and recorded["seed"] == 3
+    assert "batch_size" not in recorded  # the router does not use it: the file says only what it used
+    code, _, err = run_cli(monkeypatch, capsys, "finetune", "--config", tmp_path / "a" / "config.yaml",
+                           "--out", tmp_path / "b")
+    assert code == 0, err
+    first, second = (json.loads((tmp_path / r / "router.json").read_text()) for r in "ab")
+    assert first == second and first["steps"] == 3 and first["crop_size"] == 16

@@ -253,6 +253,16 @@ def test_tiny_study_end_to_end_with_resume(tiny_dataset, tmp_path):
                 train_cases(f"cfos-byol-unet3d-full-L{budget}-s{seed}")
         assert len(train_cases(f"cfos-byol-unet3d-full-L1-s{seed}")) == 1
         assert set(train_cases(f"cfos-byol-unet3d-full-L1-s{seed}")) < set(train_cases(f"cfos-byol-unet3d-full-Lall-s{seed}"))
+    # each arm's config.yaml repeats it as a plain `selma3d finetune` run: same settings, same weights
+    arm = out / "runs" / "cfos-byol-unet3d-full-L1-s1"
+    repeat = CliRunner().invoke(app_typer, ["finetune", "--config", str(arm / "config.yaml"), "--out",
+                                            str(tmp_path / "repeat")])
+    assert repeat.exit_code == 0, repeat.output
+    first, second = (json.loads((run / "run.json").read_text()) for run in (arm, tmp_path / "repeat"))
+    assert first["training"] | {"out": None} == second["training"] | {"out": None}
+    assert first["training"]["labels"] == 1 and first["split"] == second["split"]
+    weights = [torch.load(run / "model.pt", weights_only=False)["state_dict"] for run in (arm, tmp_path / "repeat")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     # kill simulation: an arm's result and the pretrained encoder are lost; the rerun redoes only them
     (out / "arms" / "cfos-byol-unet3d-full-L1-s1.json").unlink()
     (out / "pretrain" / "byol" / "encoder.pt").unlink()

@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
                                                     "predict applies the same)."),
         freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the decoder; the "
                                             "encoder's weights and normalization statistics stay fixed."),
+        linear_probe: bool = typer.Option(False, "--linear-probe", help="Train only one 1x1x1 convolution on "
+                                          "the frozen encoder's multi-scale features (a linear probe of --pretrained)."),
         schedule: Optional[str] = typer.Option(None, "--schedule", help="constant (one learning rate, warmup "
                                                "then cosine) | sawtooth (decoder warm-up on a frozen encoder, then the "
                                                "encoder at --encoder-lr-scale x the rate; default with --pretrained)."),
@@ -60,6 +62,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         structures: Optional[str] = typer.Option(None, "--structures", help="Comma-separated structures to "
                                                  "train on (default: all annotated ones)."),
+        labels: Optional[int] = typer.Option(None, "--labels", help="Annotated training patches per structure "
+                                             "(the first N of a permutation fixed by --seed; default: all): a label "
+                                             "budget, as the study's arms use."),
         val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out share of each structure's patches."),
         folds: Optional[int] = typer.Option(None, "--folds", help="k-fold split (stratified by structure)..."),
         fold: Optional[int] = typer.Option(None, "--fold", help="...and the fold held out (0-based)."),
@@ -100,9 +105,14 @@ def register(app: typer.Typer) -> None:
             if data is None:
                 raise InputError("--data is required")
             from ..training.router import finetune_router
+            from .config import recording, run_options
 
-            path = finetune_router(data, out, structures=names, steps=router_steps, crop_size=(sizes or [32])[0],
-                                   val_fraction=val_fraction, seed=seed, progress=not quiet)
+            crop = (sizes or [32])[0]
+            used = {"data": data, "router": True, "structures": structures, "router_steps": router_steps,
+                    "patch_size": str(crop), "val_fraction": val_fraction, "seed": seed, "quiet": quiet}
+            with recording(out, "finetune", out / "router.json", lambda: run_options(ctx.command, used)):
+                path = finetune_router(data, out, structures=names, steps=router_steps, crop_size=crop,
+                                       val_fraction=val_fraction, seed=seed, progress=not quiet)
             typer.echo(f"router written to {path}")
             return
 
@@ -117,7 +127,7 @@ def register(app: typer.Typer) -> None:
             config = FinetuneConfig(
                 data=str(data), out=str(out), model=model, model_options=parse_model_options(model_option),
                 pretrained=str(pretrained) if pretrained else None, downsample_xy=downsample_xy,
-                freeze_encoder=freeze_encoder, loss=loss,
+                freeze_encoder=freeze_encoder, linear_probe=linear_probe, labels=labels, loss=loss,
                 schedule=schedule, encoder_lr_scale=encoder_lr_scale, decoder_warmup_fraction=decoder_warmup_fraction,
                 max_steps=max_steps if max_steps is not None else 1000, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, warmup_steps=warmup_steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -97,11 +98,30 @@ def register(app: typer.Typer) -> None:
         from .config import recording
 
         with recording(out, "study", out / "plan.json", lambda: recorded_options(ctx.command, out)):
-            result = run_study(plan, log=(lambda line: None) if quiet else None)
+            try:
+                result = run_study(plan, log=(lambda line: None) if quiet else None)
+            finally:
+                record_arm_configs(ctx, out)
         analysis = write_report(out, result.rows, title=f"selma3d study of {data}")
         typer.echo(text_summary(analysis))
         typer.echo(f"study written to {out} (open {out / 'index.html'}); "
                    f"{len(result.ran)} arms run now, {len(result.skipped)} found finished")
+
+
+def record_arm_configs(ctx: typer.Context, out: Path) -> None:
+    """``runs/<arm>/config.yaml`` for every arm run: the `selma3d finetune` options that repeat it."""
+    from ..study.runner import RUNS_DIR
+    from .config import CONFIG_FILE, write_run_config
+    from .finetune import recorded_options as finetune_options
+
+    group = ctx.parent.command if ctx.parent is not None else None
+    finetune_command = group.get_command(ctx.parent, "finetune") if hasattr(group, "get_command") else None
+    if finetune_command is None or int(os.environ.get("RANK", 0)) != 0:
+        return
+    for run_dir in sorted(p for p in (out / RUNS_DIR).glob("*") if p.is_dir()):
+        options = finetune_options(finetune_command, run_dir)
+        if options is not None and not (run_dir / CONFIG_FILE).is_file():
+            write_run_config(run_dir, "finetune", options)
 
 
 def _cube(text: Optional[str]) -> Optional[int]:
