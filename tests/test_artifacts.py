@@ -82,6 +82,11 @@ def test_downsample_xy_of_pretraining_is_applied_by_finetune_and_predict(tiny_da
                              "--downsample-xy", "2", "--quiet")
     assert code == 0, err
     assert load_plan(pre / "encoder.pt").downsample_xy == 2
+    from selma3d.data.layout import load_dataset  # the plan also says at what spacing it pretrained
+
+    plan, dataset = load_plan(pre / "encoder.pt"), load_dataset(tiny_dataset)
+    assert plan.spacing_by_structure == {name: dataset.spacing_of(name) for name in plan.structures}
+    assert plan.spacing is None  # the tiny set's nuclei were imaged at another spacing
 
     def finetune(out, *extra):
         return run_cli(monkeypatch, capsys, "finetune", "--data", tiny_dataset, "--out", out,
@@ -127,3 +132,15 @@ def test_downsample_xy_of_pretraining_is_applied_by_finetune_and_predict(tiny_da
     notes = [line for line in (out + err).splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "pretrained at 2" in notes[0]
     assert read_run_info(tmp_path / "ft1")["downsample_xy"] == 1
+
+
+def test_pretraining_spacing_is_common_only_when_every_structure_agrees(tiny_dataset):
+    from selma3d.data.layout import load_dataset
+    from selma3d.training.pretrain import recorded_spacing
+
+    dataset = load_dataset(tiny_dataset)
+    one = recorded_spacing(tiny_dataset, ["vessel"])
+    assert tuple(one["spacing"]) == dataset.spacing_of("vessel") and list(one["spacing_by_structure"]) == ["vessel"]
+    assert tuple(recorded_spacing(tiny_dataset, ["vessel", "cfos"])["spacing"]) == dataset.spacing_of("cfos")
+    assert dataset.spacing_of("vessel") != dataset.spacing_of("nucleus")
+    assert recorded_spacing(tiny_dataset, ["vessel", "nucleus"])["spacing"] is None

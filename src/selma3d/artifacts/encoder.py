@@ -8,7 +8,7 @@ File format (``torch.save`` of a plain dict, readable with ``weights_only=True``
      "encoder_state": model.encoder.state_dict(),
      # the adaptation plan (all optional in the file; see AdaptationPlan):
      "method", "method_options", "method_recipe", "steps",
-     "normalization", "spacing", "downsample_xy", "patch_size", "structures"}
+     "normalization", "spacing", "spacing_by_structure", "downsample_xy", "patch_size", "structures"}
 
 Version 1 files (before ``spacing`` was recorded) load unchanged; a file of a newer version
 is refused with a message naming it. ``model`` names the architecture, so
@@ -50,7 +50,8 @@ class AdaptationPlan:
     method_options: dict = field(default_factory=dict)
     method_recipe: dict = field(default_factory=dict)
     normalization: dict | None = None
-    spacing: tuple[float, float, float] | None = None
+    spacing: tuple[float, float, float] | None = None  # the same for every structure; else None
+    spacing_by_structure: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     downsample_xy: int = 1
     patch_size: tuple[int, int, int] | None = None
     structures: list[str] | None = None
@@ -65,6 +66,8 @@ class AdaptationPlan:
                    method_recipe=dict(ckpt.get("method_recipe") or {}),
                    normalization=ckpt.get("normalization"),
                    spacing=tuple(float(s) for s in spacing) if spacing else None,
+                   spacing_by_structure={str(k): tuple(float(s) for s in v)
+                                         for k, v in (ckpt.get("spacing_by_structure") or {}).items()},
                    downsample_xy=int(ckpt.get("downsample_xy") or 1),
                    patch_size=tuple(int(p) for p in patch) if patch else None,
                    structures=list(ckpt["structures"]) if ckpt.get("structures") else None,

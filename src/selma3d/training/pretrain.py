@@ -313,6 +313,20 @@ def structure_type_option(config: PretrainConfig, structures: list[str]) -> dict
     return {"structure_types": [dataset.type_of(s) for s in structures]}
 
 
+def recorded_spacing(data: str | os.PathLike, structures: list[str]) -> dict:
+    """The (z, y, x) voxel spacing the pretraining volumes are stored at (before ``downsample_xy``),
+    as the dataset records it: ``spacing_by_structure`` for each structure that has one, and
+    ``spacing`` when every structure has the same one (None otherwise)."""
+    from ..data.layout import load_dataset
+
+    info = load_dataset(data).structures
+    by_structure = {name: [float(v) for v in info[name]["spacing_zyx"]] for name in structures
+                    if len((info.get(name) or {}).get("spacing_zyx") or ()) == 3}
+    distinct = {tuple(v) for v in by_structure.values()}
+    common = list(distinct.pop()) if len(distinct) == 1 and len(by_structure) == len(structures) else None
+    return {"spacing": common, "spacing_by_structure": by_structure}
+
+
 def run_pretraining(config: PretrainConfig, resume: bool = False,
                     given: set[str] | None = None, callbacks: list | None = None) -> Path:
     """Train (or continue training) and return the path of ``encoder.pt``.
@@ -364,6 +378,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
         "normalization": DEFAULT_NORMALIZATION.to_dict() | {"per": "volume"},
         "patch_size": list(config.patch_size),
         "downsample_xy": config.downsample_xy,
+        **recorded_spacing(config.data, structures),
         "structures": structures,
         "method_options": config.method_options,
         # the method's resolved settings (defaults included), where it reports them
