@@ -34,8 +34,10 @@ HELP = "\n\n".join([
     "Rerunning continues a killed study with the arms (and pretraining) not yet done.",
     "Presets (explicit options override them):",
     "tiny: seconds, for tests. unet3d [4,8,16], 16³ crops, 4 steps, byol, full, labels 1,all, seeds 0,1.",
-    "cpu: about 20 min on 2 idle cores on `synth --preset small` (BENCHMARKS.md). unet3d [8,16,32], 32³ crops, "
-    "100 steps (batch 2); byol + inpainting pretrained 200 steps (batch 4); mode full; labels 1,4,all; seeds 0,1.",
+    "cpu: 14 min on 2 idle cores on `synth --preset small` (BENCHMARKS.md). unet3d [8,16,32], 32³ crops, "
+    "100 steps (batch 2); byol + inpainting pretrained 200 steps (batch 4); mode full; labels 1,4,all; seeds 0,1. "
+    "Every other method runs at the same scale with --methods (small vit3d for dino, attunet2d [8,16,32] "
+    "for simclr).",
     f"gpu: one real GPU. Every SSL method: {_GPU_BACKBONES} (unet3d [32,64,128,256]), "
     "each architecture with its own scratch arms; 64³ crops, 2000 steps (batch 4); pretraining "
     "20000 steps (batch 8); modes full,frozen,linear; labels 1,2,4,all; seeds 0,1,2.",

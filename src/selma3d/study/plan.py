@@ -30,10 +30,21 @@ MODES = ("full", "frozen", "linear")
 #: Settings that define the training budget: a study folder keeps them fixed, so arms run on
 #: different days stay comparable (the grid itself, i.e. methods/modes/labels/seeds/structures,
 #: may grow between runs).
-BUDGET_FIELDS = ("model", "model_options", "patch_size", "batch_size", "steps", "lr", "loss", "augment",
-                 "pretrain_steps", "pretrain_batch_size", "pretrain_lr", "pretrain_seed", "encoders")
+BUDGET_FIELDS = ("model", "model_options", "method_options", "patch_size", "batch_size", "steps", "lr", "loss",
+                 "augment", "pretrain_steps", "pretrain_batch_size", "pretrain_lr", "pretrain_seed", "encoders")
 
-#: Backbone options per architecture, per preset. ``cpu`` and ``tiny`` use unet3d only.
+#: Backbone options per architecture, per preset. ``tiny`` uses unet3d only; ``cpu`` has a small
+#: backbone of every architecture, so any method (dino on vit3d, simclr on attunet2d) runs at CPU scale.
+_CPU_MODELS = {
+    "unet3d": {"features": [8, 16, 32]},
+    "vit3d": {"patch_size": 8, "hidden_size": 96, "num_layers": 4, "num_heads": 4, "mlp_dim": 192,
+              "decoder_channels": 8},
+    "attunet2d": {"features": [8, 16, 32]},
+    "swinunetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "window_size": 4,
+                  "norm": "group"},
+}
+#: SSL method options per preset where a method's defaults are sized for a GPU.
+_CPU_METHODS = {"dino": {"out_dim": 1024, "hidden_dim": 256, "bottleneck_dim": 64, "local_crops": 2}}
 _GPU_MODELS = {
     "unet3d": {"features": [32, 64, 128, 256]},
     "vit3d": {"img_size": 64, "patch_size": 8, "hidden_size": 384, "num_layers": 8, "num_heads": 6,
@@ -49,7 +60,7 @@ PRESETS: dict[str, dict] = {
                  augment="light"),
     # <= 20 minutes on 2 idle CPU cores on `selma3d synth --preset small` (BENCHMARKS.md)
     "cpu": dict(methods=["byol", "inpainting"], modes=["full"], labels=[1, 4, None], seeds=[0, 1],
-                model_options={"unet3d": {"features": [8, 16, 32]}}, patch_size=32, batch_size=2,
+                model_options=_CPU_MODELS, method_options=_CPU_METHODS, patch_size=32, batch_size=2,
                 steps=100, pretrain_steps=200, pretrain_batch_size=4, num_workers=0, pretrain_workers=1,
                 augment="default"),
     # the recipe for one real GPU: every method with unet3d or its own backbone, every mode
@@ -74,6 +85,7 @@ class StudyPlan:
     structures: list[str] = field(default_factory=lambda: ["cfos", "vessel"])
     model: str = "unet3d"  # the backbone of scratch arms and of every method that supports it
     model_options: dict[str, dict] = field(default_factory=dict)  # per architecture
+    method_options: dict[str, dict] = field(default_factory=dict)  # per SSL method (pretraining)
     patch_size: int = 32
     batch_size: int = 2
     steps: int = 150
@@ -151,8 +163,18 @@ class StudyPlan:
                 for seed in self.seeds for structure in self.structures for labels in self.labels
                 for method, model in inits for mode in self.modes]
 
+    def architectures(self) -> list[str]:
+        """The backbones the study's arms use (scratch's and each method's)."""
+        return list(dict.fromkeys(self.model_for(x) for x in [SCRATCH, *self.methods]))
+
     def budget(self) -> dict:
-        return {name: getattr(self, name) for name in BUDGET_FIELDS}
+        """The settings that must not change within a study folder. Backbone and method options
+        count only for the architectures and methods this study uses: a preset that also sizes a
+        backbone no arm builds does not make an older study incomparable."""
+        budget = {name: getattr(self, name) for name in BUDGET_FIELDS}
+        budget["model_options"] = {m: self.model_options[m] for m in self.architectures() if self.model_options.get(m)}
+        budget["method_options"] = {m: self.method_options[m] for m in self.methods if self.method_options.get(m)}
+        return budget
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -19,6 +19,7 @@ which were never annotated for training: the question SELMA3D asks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -79,12 +80,20 @@ def check_study_folder(plan: StudyPlan) -> None:
         if Path(saved.get("data", "")).resolve() != Path(plan.data).resolve():
             raise InputError(f"{out} is a study of {saved.get('data')}, not {plan.data}; choose another --out")
         mine = json.loads(json.dumps(plan.budget(), default=str))
-        differ = [k for k, v in mine.items() if saved.get(k) != v]
+        theirs = json.loads(json.dumps(saved_budget(saved), default=str))
+        differ = [k for k, v in mine.items() if theirs.get(k) != v]
         if differ:
-            shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine[k]!r} now" for k in differ)
+            shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in differ)
             raise InputError(f"{out} was run with another training budget ({shown}); its arms would not "
                              f"be comparable: rerun with the same settings or choose another --out")
     write_json(out / "plan.json", plan.to_json())
+
+
+def saved_budget(saved: dict) -> dict:
+    """The training budget of a study folder's ``plan.json`` (older plans lack newer fields: their
+    defaults apply)."""
+    known = {f.name for f in dataclasses.fields(StudyPlan)}
+    return StudyPlan(**{k: v for k, v in saved.items() if k in known}).budget()
 
 
 def load_test_cases(data: str | os.PathLike, types: set[str]) -> list[TestCase]:
@@ -161,6 +170,7 @@ def ensure_encoder(plan: StudyPlan, method: str) -> tuple[Path, bool]:
             config = PretrainConfig(method=method, data=plan.data, out=str(run_dir), model=model,
                                     model_options=plan.options_for(model), max_steps=plan.pretrain_steps,
                                     patch_size=(plan.patch_size,) * 3, batch_size=plan.pretrain_batch_size,
+                                    method_options=dict(plan.method_options.get(method, {})),
                                     lr=plan.pretrain_lr, seed=plan.pretrain_seed, num_workers=plan.pretrain_workers,
                                     checkpoint_every=max(1, min(100, plan.pretrain_steps)), progress=False)
             with _quiet():
