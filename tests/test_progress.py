@@ -63,3 +63,63 @@ def test_pretrain_in_a_log_prints_progress_lines_and_no_lightning_banners(tiny_d
     assert lines[0].startswith("[pretrain] step 1/3") and any(line.startswith("[pretrain] step 3/3") for line in lines)
     for chatter in ("GPU available", "TPU available", "Tip", "LeafSpec", "weights_only", "Trainer.fit"):
         assert chatter not in result.stderr + result.stdout, chatter
+
+
+# --------------------------------------------------------------- the other long commands (utils.progress)
+from selma3d.utils.progress import LineProgress, NoProgress, progress_bar  # noqa: E402
+
+
+def test_line_progress_reports_rate_eta_and_completion():
+    clock, out = _Clock(), io.StringIO()
+    bar = LineProgress("predict", unit="blocks", stream=out, clock=clock, every=3600)
+    with bar:
+        task = bar.add_task("mask.zarr: predict", total=10, completed=2)  # resumed: 2 already done
+        clock.now = 4.0
+        bar.advance(task, 2)
+        assert bar.running_lines() == ["[predict] mask.zarr: predict 4/10 (40 %) · 0.50 blocks/s · ETA 0:00:12"]
+        assert out.getvalue() == ""  # nothing until a heartbeat or the end of the task
+        clock.now = 16.0
+        bar.update(task, advance=6)
+    assert out.getvalue().splitlines() == ["[predict] mask.zarr: predict 10/10 (100 %) · 0.50 blocks/s · done in 0:00:16"]
+    assert bar.running_lines() == []
+
+
+def test_line_progress_beats_while_a_long_item_runs():
+    """A job whose next block takes minutes still prints a line every few seconds."""
+    import time
+
+    out = io.StringIO()
+    with LineProgress("stats", stream=out, every=0.05) as bar:
+        bar.add_task("labels", total=3)
+        deadline = time.monotonic() + 5
+        while out.getvalue().count("\n") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("[stats] labels 0/3 (0 %) · ?/s · ETA ?") for line in lines)
+
+
+def test_progress_bar_on_a_terminal_lines_in_a_log_nothing_when_quiet():
+    from rich.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert isinstance(progress_bar(True, "x", stream=Terminal()), Progress)
+    assert isinstance(progress_bar(True, "x", stream=io.StringIO()), LineProgress)
+    assert isinstance(progress_bar(False, "x", stream=Terminal()), NoProgress)
+
+
+def test_synth_and_convert_in_a_log_print_progress_lines(tmp_path):
+    """stdout to a file (nohup, SLURM): each phase ends with a plain line, not a silent run."""
+    synth = subprocess.run([sys.executable, "-m", "selma3d", "synth", str(tmp_path / "d"), "--preset", "tiny"],
+                           capture_output=True, text=True, timeout=600)
+    assert synth.returncode == 0, synth.stderr
+    assert any(line.startswith("[synth] synth tiny ") and "planes/s · done in" in line
+               for line in synth.stdout.splitlines()), synth.stdout
+    volume = next((tmp_path / "d" / "unannotated").glob("*/*"))
+    convert = subprocess.run([sys.executable, "-m", "selma3d", "convert", str(volume), str(tmp_path / "v.zarr")],
+                             capture_output=True, text=True, timeout=600)
+    assert convert.returncode == 0, convert.stderr
+    phases = [line for line in convert.stdout.splitlines() if line.startswith("[convert] v.zarr: ")]
+    assert phases and phases[0].startswith("[convert] v.zarr: level 0 ") and all("done in" in p for p in phases)

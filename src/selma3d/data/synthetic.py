@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.nifti import write_nifti
 from ..io.tiffstack import write_slices
+from ..utils.progress import counting
 from .domain import SHIFT_DESCRIPTION, SHIFTED_DOMAINS, TRAIN_DOMAINS, Domain, optics_from
 from .imaging import LightSheetImager
 from .layout import SHIFTED_SPLIT, STRUCTURE_TYPES
@@ -349,7 +350,7 @@ def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, pr
         jobs += [("volume", None, structure, i, shape) for i, shape in enumerate(shapes)]
     total_planes = sum(job[4][0] for job in jobs)
 
-    with _progress(progress, total_planes, f"synth {preset}") as advance:
+    with counting(progress, "synth", f"synth {preset}", total_planes, unit="planes") as advance:
         for kind, split, structure, index, shape in jobs:
             name = f"{structure}_{index:03d}"
             if kind == "case":
@@ -381,27 +382,3 @@ def make_dataset(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, pr
             out.rmdir()
     os.replace(partial, out)
     return out
-
-
-class _progress:
-    """A rich progress bar over planes written, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, description: str):
-        self.enabled, self.total, self.description = enabled, total, description
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                             TextColumn("{task.completed}/{task.total} planes"),
-                             TimeElapsedColumn(), TimeRemainingColumn())
-        self._bar.__enter__()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.__exit__(*exc)
-        return False

@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..io.nifti import NIFTI_SUFFIXES, case_name, is_nifti, read_nifti, write_nifti
 from ..paths import check_output
 from ..utils.devices import default_device, model_device
+from ..utils.progress import progress_bar
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
 
 
@@ -235,10 +236,8 @@ def predict_path(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], inpu
     elif len(runs) > 1:
         raise InputError("several --model runs need --router to choose between them")
 
-    from rich.progress import Progress
-
     written = []
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress, "predict", unit="files") as bar:
         task = bar.add_task("predicting", total=len(inputs))
         for src, dst in zip(inputs, outputs):
             volume = read_nifti(src)

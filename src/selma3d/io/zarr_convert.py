@@ -17,6 +17,7 @@ from zarr.codecs import BloscCodec
 
 from ..errors import InputError, Selma3dError
 from ..utils.atomic import write_json
+from ..utils.progress import progress_bar
 from ..utils.triples import parse_triple
 from .volume import open_volume
 from .zarrstore import (PROGRESS_FILE, PROGRESS_FORMAT, describe_source, downsample_mean, ome_metadata,
@@ -86,10 +87,10 @@ def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,
         phases.append(("verify", slabs(shape[0])))
     done = state.setdefault("done", {})
 
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress, "convert", unit="slabs", transient=False) as bar:
         for phase, phase_slabs in phases:
             finished = set(done.setdefault(phase, []))
-            task = bar.add_task(f"{out.name}: {phase}", total=len(phase_slabs), completed=len(finished)) if bar else None
+            task = bar.add_task(f"{out.name}: {phase}", total=len(phase_slabs), completed=len(finished))
             for index, z0, z1 in phase_slabs:
                 if index in finished:
                     continue
@@ -103,8 +104,7 @@ def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,
                 finished.add(index)
                 done[phase] = sorted(finished)
                 save()
-                if bar:
-                    bar.advance(task)
+                bar.advance(task)
 
     # Completion: the OME metadata is the marker that the image is whole, so it goes in last.
     group.attrs.update({"ome": ome_metadata(level_shapes, spacing, name=out.stem),
@@ -164,22 +164,3 @@ def _verify_slab(volume, stored, z0: int, z1: int, out: Path) -> None:
         bad = int(np.nonzero((expected != actual).reshape(z1 - z0, -1).any(axis=1))[0][0]) + z0
         raise Selma3dError(f"{out}: verification failed: level 0 slice {bad} differs from the input; "
                            "re-run with --overwrite")
-
-
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("slabs"),
-                    TimeRemainingColumn())
-
-

@@ -157,11 +157,13 @@ class StudyPlan:
     def arms(self) -> list["Arm"]:
         """Every finetuning run of the study, seed-major: a study stopped after its first seed
         already holds a complete grid for that seed."""
-        inits = [(SCRATCH, m) for m in dict.fromkeys(self.model_for(x) for x in [SCRATCH, *self.methods])]
-        inits += [(method, self.model_for(method)) for method in self.methods]
         return [Arm(structure, method, model, mode, labels, seed)
                 for seed in self.seeds for structure in self.structures for labels in self.labels
-                for method, model in inits for mode in self.modes]
+                for method, model in self.inits() for mode in self.modes]
+
+    def inits(self) -> list[tuple[str, str]]:
+        """(initialization, backbone) pairs: a scratch arm per backbone in use, then each method."""
+        return [(SCRATCH, m) for m in self.architectures()] + [(m, self.model_for(m)) for m in self.methods]
 
     def architectures(self) -> list[str]:
         """The backbones the study's arms use (scratch's and each method's)."""

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..utils.atomic import atomic_write, write_json
+from ..utils.progress import format_duration
 from .plan import Arm, StudyPlan, load_plan
 
 ARMS_DIR, RUNS_DIR, PRETRAIN_DIR = "arms", "runs", "pretrain"
@@ -59,13 +60,6 @@ class StudyRun:
     ran: list[str] = field(default_factory=list)  # arm keys trained in this call
     skipped: list[str] = field(default_factory=list)  # arm keys found finished
     pretrained: list[str] = field(default_factory=list)  # methods pretrained (or resumed) in this call
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None or not np.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 # ------------------------------------------------------------------------------- the study folder
@@ -273,7 +267,7 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] | None = None) -> Stud
     todo = [a for a in arms if read_arm(arm_path(plan, a)) is None]
     done = {a.key for a in arms} - {a.key for a in todo}
     result.skipped = [a.key for a in arms if a.key in done]
-    log(f"[study] {len(arms)} arms ({len(plan.structures)} structures × {len(plan.methods) + 1} inits × "
+    log(f"[study] {len(arms)} arms ({len(plan.structures)} structures × {len(plan.inits())} inits × "
         f"{len(plan.modes)} modes × {len(plan.labels)} budgets × {len(plan.seeds)} seeds); "
         f"{len(done)} already done, {len(todo)} to run; {len(cases)} test cases")
 
@@ -285,7 +279,7 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] | None = None) -> Stud
         encoders[method], ran = ensure_encoder(plan, method)
         if ran:
             result.pretrained.append(method)
-        log(f"[study] {method} encoder: {encoders[method]} ({format_seconds(time.perf_counter() - t0)}, "
+        log(f"[study] {method} encoder: {encoders[method]} ({format_duration(time.perf_counter() - t0)}, "
             f"cpu {time.process_time() - cpu0:.1f} s)")
 
     durations = []
@@ -298,8 +292,8 @@ def run_study(plan: StudyPlan, log: Callable[[str], None] | None = None) -> Stud
         eta = float(np.mean(durations)) * (len(todo) - index)
         dice = np.mean([r["dice"] for r in record["rows"]]) if record["rows"] else float("nan")
         log(f"[study] arm {len(done) + index}/{len(arms)} {arm.key}: dice {dice:.3f} on {len(record['rows'])} "
-            f"cases ({durations[-1]:.1f} s, cpu {time.process_time() - cpu0:.1f} s) · elapsed {format_seconds(time.perf_counter() - started)} "
-            f"· ETA {format_seconds(eta)}")
+            f"cases ({durations[-1]:.1f} s, cpu {time.process_time() - cpu0:.1f} s) · elapsed {format_duration(time.perf_counter() - started)} "
+            f"· ETA {format_duration(eta)}")
 
     for arm in arms:
         result.rows.extend(read_arm(arm_path(plan, arm))["rows"])

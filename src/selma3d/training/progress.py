@@ -18,8 +18,8 @@ from typing import TextIO
 
 import pytorch_lightning as pl
 
-#: seconds between two progress lines in a log
-LOG_EVERY_SECONDS = 5.0
+from ..utils.progress import LOG_EVERY_SECONDS, format_duration
+
 #: expected Lightning warnings that say nothing a selma3d user can act on
 _EXPECTED_WARNINGS = (
     ".*module\\(s\\) in eval mode.*",  # a frozen encoder is in eval mode on purpose
@@ -48,13 +48,6 @@ def quiet_lightning():
         finally:
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class LogProgress(pl.Callback):

@@ -22,6 +22,7 @@ from ..artifacts.router import ROUTER_FILE, ROUTER_FORMAT, load_router, save_rou
 from ..models.router import CLASSES, RouterNet, StructureRouter, pad_to  # noqa: F401
 from ..errors import InputError
 from ..utils.atomic import write_json
+from ..utils.progress import progress_bar
 
 
 def _random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -50,10 +51,8 @@ def train_router(images: Sequence[np.ndarray], types: Sequence[str], steps: int 
     net = RouterNet(channels, n_classes=len(CLASSES))
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    from rich.progress import Progress
-
     net.train()
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress, "router", unit="steps") as bar:
         task = bar.add_task("training the router", total=steps)
         for _ in range(steps):
             labels = rng.integers(0, len(CLASSES), size=batch_size)
