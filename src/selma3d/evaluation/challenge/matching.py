@@ -1,4 +1,4 @@
-"""Score a folder (or one file) of predictions against ground truth, as SELMA3D does.
+"""Which prediction belongs to which ground-truth case, and of what structure and type.
 
 Matching rule (documented in ``selma3d evaluate --help`` too):
 
@@ -18,48 +18,31 @@ Matching rule (documented in ``selma3d evaluate --help`` too):
   structure's type (``structures.<name>.type`` in dataset.json, else the SELMA3D table) picks
   the metric set: spot → Dice, β0 error; tree → Dice, clDice, β0 and β1 errors.
 
-* Edition (``--edition``, :mod:`.editions`): 2024 (default) scores by structure type as
-  above; 2025 and 2026 route by the case name's prefix as their scorers do, and a case whose
-  name matches none of their structures is a one-line failure.
+* Edition (``--edition``, :mod:`selma3d.evaluation.editions`): 2024 (default) scores by
+  structure type as above; 2025 and 2026 route by the case name's prefix as their scorers do,
+  and a case whose name matches none of their structures is a one-line failure.
 
-Checks before scoring: a prediction must be a binary mask (0 and one other value), else the
-case fails unless a ``threshold`` is given (then ``pred > threshold``); a prediction that is
-the ground-truth file itself (or PRED is GT) is an error. Degenerate official scores (a
-vacuous clDice of 1.0, a NaN clDice or PQ...) are kept and listed in ``warnings``; with
-``strict`` they are replaced (docs/evaluation_pitfalls.md).
-
-A bad case (missing prediction, unreadable file, shape mismatch, NaN values) is reported in
-``failures`` with a message naming it; every other case is still scored.
+A prediction that is the ground-truth file itself (or PRED is GT) is an error. Nothing is read
+here but file names and ``dataset.json``; a case that cannot be matched carries its ``problem``
+and fails alone when scored.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ..data.layout import STRUCTURE_TYPES, find_dataset_json, structure_from_name
-from ..errors import InputError, Selma3dError
-from ..io.nifti import case_name, grid_difference, is_nifti, read_nifti
-from ..utils.atomic import atomic_write, write_json
-from .editions import DEFAULT_EDITION, Edition, get_edition
-from .editions.base import Pitfall
-from .metrics import METRICS_BY_TYPE
+from ...data.layout import STRUCTURE_TYPES, find_dataset_json, structure_from_name
+from ...errors import InputError
+from ...io.nifti import case_name, is_nifti
+from ..editions import DEFAULT_EDITION, get_edition
+from ..metrics import METRICS_BY_TYPE
 
 GT_SUFFIX = "_label"
 PRED_SUFFIXES = ("_label", "_pred")
 IMAGE_SUFFIX = "_img"
-CASE_FIELDS = ("case", "structure", "type", "dice", "cldice", "betti0_error", "betti1_error")
-#: Columns of the later editions, written when a case has them.
-EDITION_FIELDS = ("panoptic_quality", "betti_matching_error_0", "betti_matching_error_1", "hd95")
 
 
 @dataclass(frozen=True)
@@ -76,7 +59,6 @@ class CaseJob:
     threshold: float | None = None  # binarize the prediction with > threshold (else it must be binary)
 
 
-# ----------------------------------------------------------------------------- matching
 def _nifti_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
 
@@ -244,232 +226,3 @@ def match_cases(pred: str | os.PathLike, gt: str | os.PathLike, structure: str |
                             problem, rules.name, threshold))
     unmatched = sorted(p for name, paths in files.items() if name not in used for p in paths)
     return jobs, unmatched
-
-
-# ----------------------------------------------------------------------------- scoring
-def score_case(job: CaseJob) -> dict:
-    """Metrics of one case as a JSON-ready dict; raises :class:`InputError` naming the case."""
-    if job.problem:
-        raise InputError(f"case {job.case}: {job.problem}")
-    try:
-        gt_file, pred_file = read_nifti(job.gt), read_nifti(job.pred)
-        gt, pred = gt_file.array, pred_file.array
-        if gt.shape != pred.shape:
-            raise InputError(f"shape mismatch: ground truth {gt.shape} ({job.gt.name}) vs "
-                             f"prediction {pred.shape} ({job.pred.name})")
-        for array, role, path in ((gt, "ground truth", job.gt), (pred, "prediction", job.pred)):
-            if array.dtype.kind == "f" and np.isnan(array).any():
-                raise InputError(f"{role} {path.name} contains NaN values")
-        if job.threshold is None:
-            check_binary(pred, job.pred.name)
-            pred = pred > 0
-        else:
-            pred = pred > job.threshold
-        values, pitfalls = get_edition(job.edition).score(job.type, np.ascontiguousarray(gt > 0),
-                                                          np.ascontiguousarray(pred))
-        difference = grid_difference(gt_file, pred_file)
-        if difference:  # scored voxel by voxel as the official code does, but said
-            pitfalls = [*pitfalls, Pitfall("grid_mismatch", f"prediction {job.pred.name} is not on the ground "
-                                           f"truth's voxel grid ({difference}); scored voxel by voxel anyway")]
-    except Selma3dError as exc:
-        message = str(exc)
-        raise InputError(message if message.startswith(f"case {job.case}")
-                         else f"case {job.case}: {message}") from None
-    return {"case": job.case, "structure": job.structure, "type": job.type, **values,
-            "warnings": [p.as_dict() for p in pitfalls]}
-
-
-def check_binary(pred: np.ndarray, name: str) -> None:
-    """Refuse a prediction that is a probability map or an image rather than a mask.
-
-    The official scorers binarize with ``> 0``, so a probability map or a raw image would be
-    scored as an almost-full mask (Dice ≈ 0.01) without a word. Accepted: 0 and one other
-    value, or a label map (non-negative integers, mostly 0; ``> 0`` is its foreground).
-    Refused: non-integer values (a probability map), negative values, or several values with
-    most voxels non-zero (an image).
-    """
-    nonzero = pred[pred != 0]
-    if nonzero.size == 0:
-        return
-    low, high = nonzero.min(), nonzero.max()
-    if low == high and low > 0:
-        return
-    if pred.dtype.kind == "f" and not np.array_equal(nonzero, np.round(nonzero)):
-        why = "non-integer values (a probability map?)"
-    elif low < 0:
-        why = "negative values (an image?)"
-    elif nonzero.size * 2 > pred.size:
-        why = "several values and most voxels non-zero (an image?)"
-    else:
-        return  # a label map
-    raise InputError(f"prediction {name} is not a binary mask: {why}, values {low:g} to {high:g}; "
-                     "pass --threshold T to score prediction > T")
-
-
-def apply_strict(case: dict) -> dict:
-    """The case with every pitfall's strict values substituted (the official ones kept aside)."""
-    replaced = {k: v for w in case.get("warnings", []) for k, v in w["strict"].items()}
-    if not replaced:
-        return case
-    case = dict(case)
-    case["official_values"] = {k: case[k] for k in replaced}
-    case.update(replaced)
-    return case
-
-
-def _score_safely(job: CaseJob) -> tuple[dict | None, dict | None]:
-    """(case result, None) or (None, failure); never raises, so a pool keeps going."""
-    try:
-        return score_case(job), None
-    except Selma3dError as exc:
-        return None, {"case": job.case, "error": str(exc)}
-    except Exception as exc:  # a bug or an exotic file: report it for this case, score the rest
-        return None, {"case": job.case, "error": f"case {job.case}: {type(exc).__name__}: {exc}"}
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int):
-    """Yield ``advance(case_name)``; draws a rich progress bar on stderr when enabled."""
-    if not enabled:
-        yield lambda case: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=Console(stderr=True)) as bar:
-        task = bar.add_task("", total=total)
-        yield lambda case: bar.update(task, advance=1, description=case)
-
-
-def _run(jobs: list[CaseJob], workers: int, progress: bool) -> list[tuple[dict | None, dict | None]]:
-    """(result, failure) per case, scored ``workers`` at a time in separate processes."""
-    workers = min(workers, len(jobs))
-    outcomes = []
-    if workers <= 1:
-        with _progress_bar(progress, len(jobs)) as advance:
-            for job in jobs:
-                outcomes.append(_score_safely(job))
-                advance(job.case)
-        return outcomes
-    pool = ProcessPoolExecutor(max_workers=workers)
-    try:
-        # Submitting starts the workers, before the progress bar starts its refresh thread.
-        futures = {pool.submit(_score_safely, job): job for job in jobs}
-        with _progress_bar(progress, len(jobs)) as advance:
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    outcomes.append(future.result())
-                except Exception as exc:  # the worker died (out of memory, killed)
-                    outcomes.append((None, {"case": job.case, "error":
-                                            f"case {job.case}: worker failed ({type(exc).__name__}: {exc})"}))
-                advance(job.case)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return outcomes
-
-
-def summarize(cases: list[dict], edition: str | Edition = DEFAULT_EDITION) -> dict:
-    """Per category and metric: mean, sample std (ddof=1; None for one case) and n.
-
-    NaN values (2026's clDice or PQ of degenerate cases) are left out of the mean and std and
-    counted in ``n_nan``; the official aggregates (``official`` in the result) keep them.
-    """
-    rules = edition if isinstance(edition, Edition) else get_edition(edition)
-    summary: dict[str, dict] = {}
-    for kind, metrics in rules.metrics.items():
-        rows = [c for c in cases if c["type"] == kind]
-        if not rows:
-            continue
-        summary[kind] = {}
-        for metric in metrics:
-            values = np.array([float(r[metric]) for r in rows], dtype=np.float64)
-            finite = values[~np.isnan(values)]
-            stats = {
-                "mean": float(finite.mean()) if len(finite) else None,
-                "std": float(finite.std(ddof=1)) if len(finite) > 1 else None,
-                "n": int(len(finite)),
-            }
-            if len(finite) < len(values):
-                stats["n_nan"] = int(len(values) - len(finite))
-            summary[kind][metric] = stats
-    return summary
-
-
-def default_jobs() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-def evaluate(pred: str | os.PathLike, gt: str | os.PathLike, jobs: int | None = None,
-             progress: bool = True, structure: str | None = None, edition: str = DEFAULT_EDITION,
-             threshold: float | None = None, strict: bool = False) -> dict:
-    """Score PRED against GT by an edition's rules.
-
-    Returns ``{"edition", "strict", "threshold", "cases", "summary", "official",
-    "official_notes", "warnings", "failures", "unmatched_predictions"}``: ``official`` is the
-    edition's ``results`` + ``aggregates`` (always the official values, whatever ``strict``),
-    ``official_notes`` what the official aggregation would do differently (crash on a missing
-    category, NaN means), ``warnings`` one line per degenerate score (see docs/evaluation_pitfalls.md). ``strict`` replaces those scores in
-    ``cases`` and ``summary``. Raises :class:`InputError` only when nothing can be matched at all
-    (missing or empty GT, PRED is GT).
-    """
-    rules = get_edition(edition)
-    rules.check_available()
-    case_jobs, unmatched = match_cases(pred, gt, structure=structure, edition=rules.name, threshold=threshold)
-    cases, failures = [], []
-    for result, failure in _run(case_jobs, jobs or default_jobs(), progress):
-        if result is not None:
-            cases.append(result)
-        else:
-            failures.append(failure)
-    cases.sort(key=lambda c: c["case"])
-    failures.sort(key=lambda f: f["case"])
-    official = rules.official(cases)
-    warnings = [f"case {c['case']}: {w['message']}" for c in cases for w in c["warnings"]]
-    notes = official.pop("notes", []) if cases else []
-    scored = [apply_strict(c) for c in cases] if strict else cases
-    return {"edition": rules.name, "strict": bool(strict), "threshold": threshold, "cases": scored,
-            "summary": summarize(scored, rules), "official": official, "official_notes": notes,
-            "warnings": warnings, "failures": failures, "unmatched_predictions": [str(p) for p in unmatched]}
-
-
-def official_metrics(result: dict) -> dict:
-    """The edition's own ``metrics.json`` (``results`` + ``aggregates``) from an evaluate() result."""
-    return {"results": result["official"]["results"], "aggregates": result["official"]["aggregates"]}
-
-
-# ----------------------------------------------------------------------------- output
-def write_result(path: str | os.PathLike, result: dict) -> Path:
-    """An evaluate() result (or its official part) as JSON, atomically."""
-    return write_json(path, result, default=None)
-
-
-def cases_csv(cases: list[dict]) -> str:
-    buffer = io.StringIO()
-    fields = CASE_FIELDS + tuple(f for f in EDITION_FIELDS if any(f in c for c in cases))
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for case in cases:
-        writer.writerow({k: case.get(k, "") for k in fields})
-    return buffer.getvalue()
-
-
-def write_csv(cases: list[dict], path: str | os.PathLike) -> Path:
-    return atomic_write(path, cases_csv(cases))
-
-
-def format_summary(summary: dict) -> str:
-    """One line per type: ``tree (n=3): dice 0.91 ± 0.02, ...``."""
-    lines = []
-    for kind, metrics in summary.items():
-        parts = []
-        n = 0
-        for metric, stats in metrics.items():
-            n = stats["n"] + stats.get("n_nan", 0)
-            std = "" if stats["std"] is None or math.isnan(stats["std"]) else f" ± {stats['std']:.4f}"
-            mean = "–" if stats["mean"] is None else f"{stats['mean']:.4f}"
-            nan = f" ({stats['n_nan']} NaN left out)" if stats.get("n_nan") else ""
-            parts.append(f"{metric} {mean}{std}{nan}")
-        lines.append(f"{kind} (n={n}): " + ", ".join(parts))
-    return "\n".join(lines)
