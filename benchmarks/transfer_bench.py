@@ -90,11 +90,11 @@ def main() -> None:
     config = FinetuneConfig(**options)
     start = time.perf_counter()
     if args.normalization_floor is not None:
-        import selma3d.training.finetune as ft
+        import selma3d.training.finetune.run as ft_run
         from selma3d.data.normalize import Normalization
 
         floor = args.normalization_floor or None
-        ft.normalization_for = lambda c: Normalization(noise_floor=floor)
+        ft_run.normalization_for = lambda config, plan=None: Normalization(noise_floor=floor)
     run_dir = finetune(config)
     train_s = time.perf_counter() - start
     run = load_run(run_dir)

@@ -2,7 +2,10 @@
 imports the CLI, no private name crosses a module boundary, and no function body is written twice.
 
 Imports inside functions count too (a lazy import hides a loop, it does not remove it). Importing
-a submodule runs its ancestors' ``__init__``; that arrow is not counted as a dependency.
+a submodule runs its ancestors' ``__init__``; that arrow is not counted as a dependency, and
+``from . import sub`` depends on ``sub`` only. Taking any other name from a package counts as
+depending on its ``__init__``, also from inside the package: a submodule that takes a name its
+package's ``__init__`` re-exports from it is a loop.
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ def _graph() -> dict[str, set[str]]:
     graph = defaultdict(set)
     for name in MODULES:
         for module, names, _ in _imports(name):
-            for target in [module] + [f"{module}.{n}" for n in names]:
-                if target in MODULES and target != name and not name.startswith(target + "."):
+            submodules = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
+            takes_names = not names or len(submodules) < len(names)  # not only ``from pkg import sub``
+            for target in submodules + ([module] if takes_names else []):
+                if target in MODULES and target != name:
                     graph[name].add(target)
     return graph
 
@@ -106,6 +111,22 @@ def test_the_cycle_finder_finds_a_planted_loop():
     finally:
         for name in ("selma3d.a", "selma3d.b", "selma3d.c"):
             MODULES.pop(name)
+
+
+def test_a_name_taken_from_the_own_package_counts_a_submodule_does_not():
+    planted = {"selma3d.pkg": ("selma3d/pkg/__init__.py", "from .sub import f\n"),
+               "selma3d.pkg.sub": ("selma3d/pkg/sub.py", "def f():\n    from . import g\n"),
+               "selma3d.pkg.leaf": ("selma3d/pkg/leaf.py", "from . import sub\n")}
+    for name, (path, source) in planted.items():
+        MODULES[name], TREES[name] = Path(path), ast.parse(source)
+    try:
+        graph = _graph()
+        assert graph["selma3d.pkg.leaf"] == {"selma3d.pkg.sub"}  # the package's __init__ runs, but is no arrow
+        assert graph["selma3d.pkg.sub"] == {"selma3d.pkg"}  # g comes from the __init__, which imports sub
+        assert ["selma3d.pkg", "selma3d.pkg.sub"] in _cycles(graph)
+    finally:
+        for name in planted:
+            MODULES.pop(name), TREES.pop(name)
 
 
 def test_the_import_graph_has_no_loop():

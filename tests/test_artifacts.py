@@ -94,9 +94,16 @@ def test_downsample_xy_of_pretraining_is_applied_by_finetune_and_predict(tiny_da
                        "--max-steps", "2", "--val-fraction", "0", "--num-workers", "0", "--threshold", "0.5",
                        "--accelerator", "cpu", "--quiet", *extra)
 
-    # the plan is followed without a flag, silently, and recorded for predict
+    # the plan is followed without a flag, silently, and recorded for predict; encoder.pt is read
+    # once (network, normalization and pooling come from one copy)
+    import selma3d.artifacts.encoder as encoder_artifact
+
+    reads, read = [], encoder_artifact.load_encoder_checkpoint
+    monkeypatch.setattr(encoder_artifact, "load_encoder_checkpoint", lambda path: reads.append(path) or read(path))
     code, out, err = finetune(tmp_path / "ft")
     assert code == 0, err
+    assert len(reads) == 1, reads
+    monkeypatch.setattr(encoder_artifact, "load_encoder_checkpoint", read)
     assert "note:" not in out + err
     assert read_run_info(tmp_path / "ft")["downsample_xy"] == 2
     assert torch.load(tmp_path / "ft" / "model.pt", weights_only=False)["downsample_xy"] == 2

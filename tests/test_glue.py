@@ -88,6 +88,7 @@ def test_best_checkpoint_is_the_step_with_the_highest_injected_validation_dice(t
     """Validation runs after every step; its Dice is injected (0.2, 0.7, 0.5, 0.7): model.pt must
     hold the weights of step 2 (a later tie does not replace the best) and say so."""
     import selma3d.training.finetune as ft
+    import selma3d.training.finetune.module as ft_module
 
     scores = {1: 0.2, 2: 0.7, 3: 0.5, 4: 0.7}
     snapshots: dict[int, dict] = {}
@@ -96,7 +97,7 @@ def test_best_checkpoint_is_the_step_with_the_highest_injected_validation_dice(t
     def recording_step(self, batch, batch_idx):
         step = int(self.global_step)
         snapshots[step] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        monkeypatch.setattr(ft, "validation_metrics", lambda kind, gt, pred: {"dice": scores[step]})
+        monkeypatch.setattr(ft_module, "validation_metrics", lambda kind, gt, pred: {"dice": scores[step]})
         return original_step(self, batch, batch_idx)
 
     monkeypatch.setattr(ft.SegmentationModule, "validation_step", recording_step)

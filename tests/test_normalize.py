@@ -122,7 +122,7 @@ def test_finetune_predict_and_pretrained_plan_share_one_normalization(tiny_datas
     run = finetune(config(tmp_path / "plain"))
     info = json.loads((run / "run.json").read_text())
     assert info["normalization"]["noise_floor"] == DEFAULT_NORMALIZATION.noise_floor
-    assert info["normalization"]["per"] == "patch"
+    assert info["normalization"]["per"] == "source"  # the whole patch here, the whole input in predict
     loaded = load_run(run)
     assert loaded.normalization == DEFAULT_NORMALIZATION
 
@@ -142,7 +142,7 @@ def test_finetune_predict_and_pretrained_plan_share_one_normalization(tiny_datas
                               normalization=Normalization(noise_floor=5.0).to_dict() | {"per": "volume"})
     run = finetune(config(tmp_path / "pre", pretrained=str(encoder_pt), model=None, model_options={}))
     recorded = json.loads((run / "run.json").read_text())["normalization"]
-    assert recorded["noise_floor"] == 5.0 and recorded["per"] == "patch"
+    assert recorded["noise_floor"] == 5.0 and recorded["per"] == "source"
 
 
 def test_a_large_volume_gets_the_same_statistics_in_memory_and_read_lazily():

@@ -218,7 +218,7 @@ def test_finetuning_crashed_after_a_checkpoint_resumes_bit_identical(tiny_datase
 
     data = Path(tiny_dataset).resolve()
     finetuning.finetune(finetune_config(data, tmp_path / "whole", workers=0))
-    monkeypatch.setattr(finetuning, "kill_point", crash_after(KILL_AT))
+    monkeypatch.setattr(finetuning.callbacks, "kill_point", crash_after(KILL_AT))
     with pytest.raises(Crash):
         finetuning.finetune(finetune_config(data, tmp_path / "run", workers=1))
     assert_validation_logged_at_the_kill(tmp_path / "run")

@@ -8,7 +8,7 @@ file, not a mapping, not YAML)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ TRAINING = ("pretrain", "finetune", "study")
 def fake_finetune(monkeypatch):
     """Replace the training of `selma3d finetune`: record the config and write run.json as the
     real run does (its ``training`` block), nothing else."""
+    from selma3d.artifacts.run import RUN_FILE
     from selma3d.training import finetune as module
 
     seen = []
@@ -32,10 +33,10 @@ def fake_finetune(monkeypatch):
     def finetune(config, resume=False):
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        config = module.replace(config, data=str(Path(config.data).resolve()))
+        config = replace(config, data=str(Path(config.data).resolve()))
         seen.append(config)
         training = asdict(config) | {"patch_size": list(config.patch_size)}
-        (out / module.RUN_FILE).write_text(json.dumps({"training": training}))
+        (out / RUN_FILE).write_text(json.dumps({"training": training}))
         return out
 
     monkeypatch.setattr(module, "finetune", finetune)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from selma3d.errors import InputError
-from selma3d.training.finetune import LR_FLOOR, FinetuneConfig, SegmentationModule, finetune, warmup_cosine
+from selma3d.training.finetune import LR_FLOOR, FinetuneConfig, SegmentationModule, finetune
+from selma3d.utils.schedules import warmup_cosine
 
 
 def _config(data, out, **overrides):

@@ -171,10 +171,12 @@ def load_encoder_into(model: nn.Module, ckpt: dict | str | os.PathLike) -> nn.Mo
     return model
 
 
-def model_from_encoder_checkpoint(path: str | os.PathLike, out_channels: int = 1, **overrides) -> nn.Module:
+def model_from_encoder_checkpoint(ckpt: dict | str | os.PathLike, out_channels: int = 1, **overrides) -> nn.Module:
     """Build the checkpoint's architecture (with ``out_channels`` and any decoder ``overrides``)
-    and load its encoder weights; overriding an encoder option raises ``Selma3dError``."""
-    ckpt = load_encoder_checkpoint(path)
+    and load its encoder weights; overriding an encoder option raises ``Selma3dError``. ``ckpt``
+    is a checkpoint already loaded (:func:`load_encoder_checkpoint`) or its path."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_encoder_checkpoint(ckpt)
     config = dict(ckpt["model"])
     name = config.pop("name")
     config.update(overrides, out_channels=out_channels)

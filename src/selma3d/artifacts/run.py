@@ -12,6 +12,11 @@
      "structures", "type", "split", "training" (the full resolved config), "best", "versions",
      ["threshold_calibration", "steps_done", "pretrained_plan"]}
 
+``normalization`` is :meth:`~selma3d.data.normalize.Normalization.to_dict` plus ``"per":
+"source"``: its statistics are those of each whole input (an annotated patch in finetuning, the
+whole file or volume in ``predict``), never of a network window. Runs before this record say
+``"per": "patch"`` for the same rule; ``per`` is informative only.
+
 Runs written before ``version`` and ``downsample_xy`` were recorded load as version 1 at full
 resolution (``downsample_xy`` 1). :class:`FinetunedRun` is the typed view of a loaded run.
 """

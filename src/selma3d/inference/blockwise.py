@@ -46,7 +46,6 @@ slices only once all are written, and the progress file says ``"complete": true`
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -62,7 +61,8 @@ import numpy as np
 from ..blockgrid import Block, block_grid  # the grid is shared with selma3d.objects
 from ..data.normalize import normalize
 from ..errors import InputError, Selma3dError
-from ..utils.atomic import atomic_path, write_json
+from ..utils.atomic import atomic_path
+from ..utils.journal import Wording, check_identity, read_journal, save_journal
 from ..utils.triples import parse_triple
 from .postprocess import DEFAULT_MIN_SIZE, remove_small_components
 from .windows import PRECISIONS, WindowGrid, accumulate_windows, blend
@@ -70,6 +70,8 @@ from .windows import PRECISIONS, WindowGrid, accumulate_windows, blend
 DEFAULT_BLOCK_SIZE = (128, 256, 256)
 PROGRESS_FILE = "selma3d_prediction.json"
 PROGRESS_FORMAT = "selma3d-prediction/2"  # /1 had per-block halos: its partial outputs cannot resume
+PROGRESS_WORDING = Wording(noun="progress file", format_noun="progress format", finished="holds a finished prediction",
+                           mismatch_fix="use --overwrite to start again")
 MASK_ARRAY = "0"  # level 0 of the OME-Zarr output
 RAW_ARRAY = "selma3d_raw"  # thresholded mask before the component filter (deleted at the end)
 PROBABILITIES_ARRAY = "probabilities"  # optional float32 foreground probabilities (Zarr output)
@@ -396,7 +398,7 @@ class _Progress:
     def save(self) -> None:
         for phase, indices in self.state["done"].items():
             self.state["done"][phase] = sorted(set(indices))
-        write_json(self.path, self.state, indent=1, default=None, newline=False, mkdir=False)
+        save_journal(self.path, self.state, mkdir=False)
         self._last_save = time.monotonic()
         for path in self._discard:
             path.unlink(missing_ok=True)
@@ -510,17 +512,8 @@ def _prepare_output(output: Path, kind: str, identity: dict, overwrite: bool, re
     if not ours:
         raise InputError(f"{output}: already exists and was not written by `selma3d predict`; "
                          "choose another output or use --overwrite")
-    try:
-        state = json.loads(progress_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{progress_path}: unreadable progress file ({exc}); use --overwrite") from None
-    if state.get("format") != PROGRESS_FORMAT:
-        raise InputError(f"{progress_path}: unknown progress format {state.get('format')!r}; use --overwrite")
-    for key, value in identity.items():
-        if state.get("identity", {}).get(key) != value:
-            what = "holds a finished prediction" if state.get("complete") else "was started"
-            raise InputError(f"{output}: {what} with another {key} ({state.get('identity', {}).get(key)!r}, "
-                             f"now {value!r}); use --overwrite to start again")
+    state = read_journal(progress_path, PROGRESS_FORMAT, PROGRESS_WORDING)
+    check_identity(state, identity, output, PROGRESS_WORDING)
     if not resume and not state.get("complete"):
         raise InputError(f"{output}: holds an interrupted prediction; resume it or use --overwrite")
     return state

@@ -16,12 +16,12 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from ..errors import InputError, Selma3dError
-from ..utils.atomic import write_json
+from ..utils.journal import check_identity, save_journal
 from ..utils.progress import progress_bar
 from ..utils.triples import parse_triple
 from .volume import open_volume
-from .zarrstore import (PROGRESS_FILE, PROGRESS_FORMAT, describe_source, downsample_mean, ome_metadata,
-                        pyramid_shapes, read_progress)
+from .zarrstore import (PROGRESS_FILE, PROGRESS_FORMAT, PROGRESS_WORDING, describe_source, downsample_mean,
+                        ome_metadata, pyramid_shapes, read_progress)
 
 
 def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,
@@ -76,7 +76,7 @@ def convert_to_zarr(source, out: str | os.PathLike, *, chunks: int = 64,
             fill_value=0, dimension_names=("z", "y", "x")))
 
     def save():
-        write_json(out / PROGRESS_FILE, state, indent=1, default=None, newline=False)
+        save_journal(out / PROGRESS_FILE, state)
 
     def slabs(n):
         return [(i, i * chunks, min((i + 1) * chunks, n)) for i in range(-(-n // chunks))]
@@ -135,15 +135,11 @@ def _prepare_store(out: Path, params: dict, source_info: dict, overwrite: bool) 
             if state.get("source") != source_info:
                 raise InputError(f"{out}: the input {source_info['path']} changed since this store was "
                                  "started (files, sizes or times differ); use --overwrite to start again")
-            for key, value in params.items():
-                if state.get("params", {}).get(key) != value:
-                    what = "holds a finished conversion" if state.get("complete") else "was started"
-                    raise InputError(f"{out}: {what} with {key}={state.get('params', {}).get(key)}, "
-                                     f"now {key}={value}; re-run with the same options or use --overwrite")
+            check_identity(state, params, out, PROGRESS_WORDING, section="params")
             return state
     out.mkdir(parents=True, exist_ok=True)
     state = {"format": PROGRESS_FORMAT, "source": source_info, "params": params, "done": {}, "complete": False}
-    write_json(out / PROGRESS_FILE, state, indent=1, default=None, newline=False)  # before any data, so a kill leaves a resumable store
+    save_journal(out / PROGRESS_FILE, state)  # before any data, so a kill leaves a resumable store
     zarr.open_group(str(out), mode="a", zarr_format=3, attributes={"selma3d": {"conversion": "incomplete"}})
     return state
 

@@ -14,7 +14,6 @@ written by hand here (the OME-Zarr libraries add heavy dependencies and lag behi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,12 +21,15 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
-from ..errors import InputError, Selma3dError
-from ..utils.atomic import write_json
-from ..utils.triples import parse_triple
+from ..errors import InputError
+from ..utils.journal import Wording, read_journal
 
 PROGRESS_FILE = "selma3d_conversion.json"
 PROGRESS_FORMAT = "selma3d-conversion/1"
+PROGRESS_WORDING = Wording(noun="conversion progress file", format_noun="progress file format",
+                           finished="holds a finished conversion",
+                           mismatch="{place}: {what} with {key}={saved}, now {key}={value}; {fix}",
+                           mismatch_fix="re-run with the same options or use --overwrite")
 OME_VERSION = "0.5"
 MIN_LEVEL_SIZE = 32
 DEFAULT_MAX_LEVELS = 8
@@ -119,16 +121,7 @@ def ome_metadata(level_shapes: Sequence[Sequence[int]], spacing: Sequence[float]
 
 def read_progress(store: Path) -> dict | None:
     """The conversion progress file of ``store`` (None if it has none); a damaged one is an error."""
-    path = store / PROGRESS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable conversion progress file ({exc}); use --overwrite") from None
-    if data.get("format") != PROGRESS_FORMAT:
-        raise InputError(f"{path}: unknown progress file format {data.get('format')!r}; use --overwrite")
-    return data
+    return read_journal(store / PROGRESS_FILE, PROGRESS_FORMAT, PROGRESS_WORDING)
 
 
 def describe_source(source) -> dict:

@@ -1,20 +1,20 @@
 """The progress journal of a ``selma3d stats`` run: which steps and blocks are finished.
 
-A JSON file inside the output, rewritten atomically (temporary file + ``os.replace``) after every
-block, so a killed run resumes where it stopped; it also records what the run was started with
-(inputs and options), so that a resumed run refuses another input instead of mixing two.
+A JSON file inside the output, rewritten atomically after every block, so a killed run resumes
+where it stopped; it also records what the run was started with (inputs and options), so that a
+resumed run refuses another input instead of mixing two (:mod:`selma3d.utils.journal` reads,
+checks and writes it).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..errors import InputError
-from ..utils.atomic import write_json
+from ..utils.journal import Wording, open_journal, save_journal
 
 JOURNAL_FILE = "selma3d_stats.json"
 JOURNAL_FORMAT = "selma3d-stats/1"
+WORDING = Wording(noun="progress journal", format_noun="journal format", finished="holds finished statistics")
 
 
 class Journal:
@@ -28,23 +28,8 @@ class Journal:
     def start(cls, folder: Path, identity: dict) -> "Journal":
         """Open the journal of ``folder`` (resuming it) or start a new one there."""
         path = Path(folder) / JOURNAL_FILE
-        if path.is_file():
-            try:
-                state = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{path}: unreadable progress journal ({exc}); use --overwrite") from None
-            if state.get("format") != JOURNAL_FORMAT:
-                raise InputError(f"{path}: unknown journal format {state.get('format')!r}; use --overwrite")
-            for key, value in identity.items():
-                if state.get("identity", {}).get(key) != value:
-                    what = "holds finished statistics" if state.get("complete") else "was started"
-                    raise InputError(f"{folder}: {what} with another {key} "
-                                     f"({state.get('identity', {}).get(key)!r}, now {value!r}); use --overwrite")
-            return cls(path, state)
-        journal = cls(path, {"format": JOURNAL_FORMAT, "identity": identity, "done": {}, "steps": [],
-                             "complete": False})
-        journal.save()
-        return journal
+        return cls(path, open_journal(path, JOURNAL_FORMAT, identity, WORDING, place=folder,
+                                      fresh={"done": {}, "steps": [], "complete": False}))
 
     @property
     def complete(self) -> bool:
@@ -70,4 +55,4 @@ class Journal:
         self.save()
 
     def save(self) -> None:
-        write_json(self.path, self.state, indent=1, default=None, newline=False)
+        save_journal(self.path, self.state)

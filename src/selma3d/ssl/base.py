@@ -64,9 +64,10 @@ class SSLMethod(nn.Module):
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def backbone_model_options(cls, model_options: dict, patch_size: tuple[int, ...]) -> dict:
-        """The user's backbone options completed for this method (hook; DINO sizes the ViT's
-        position table for the crop)."""
+    def backbone_model_options(cls, model_options: dict, patch_size: tuple[int, ...], options: dict) -> dict:
+        """The user's backbone options completed for this method, which may depend on the crop and
+        on the method's own ``options`` (hook; DINO sizes the ViT's position table for the crop, the
+        shape-aware method gives the network one output channel per map of its ``scales``)."""
         return model_options
 
     @classmethod
@@ -77,7 +78,7 @@ class SSLMethod(nn.Module):
         from ..models import build_model
 
         patch_size = tuple(patch_size)
-        backbone_options = cls.backbone_model_options(dict(model_options or {}), patch_size)
+        backbone_options = cls.backbone_model_options(dict(model_options or {}), patch_size, dict(options))
         backbone_options.update(cls.backbone_options)
         backbone = build_model(model, **backbone_options)
         if "num_structures" in inspect.signature(cls.__init__).parameters:

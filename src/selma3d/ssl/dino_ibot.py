@@ -79,7 +79,7 @@ class DinoIBot(SSLMethod):
         self.weights = {"dino": weight_dino, "ibot": weight_ibot, "koleo": weight_koleo}
 
     @classmethod
-    def backbone_model_options(cls, model_options, patch_size):
+    def backbone_model_options(cls, model_options, patch_size, options):
         model_options.setdefault("img_size", list(patch_size))  # position table at the crop size
         return model_options
 

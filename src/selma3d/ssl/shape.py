@@ -67,16 +67,11 @@ class ShapeAware(SSLMethod):
         self._bottleneck = output[-1] if isinstance(output, (list, tuple)) else output
 
     @classmethod
-    def create(cls, model, model_options, patch_size, num_structures=1, **options):
-        """The base class's construction, with one output channel per map (plus the image): the
-        channel count depends on the ``scales`` option, which the class-level
-        ``backbone_options`` cannot know."""
-        from ..models import build_model
-
+    def backbone_model_options(cls, model_options, patch_size, options):
+        """One output channel per map (plus the image): the count depends on the ``scales`` option,
+        which the class-level ``backbone_options`` cannot know."""
         scales = options.get("scales", DEFAULT_SCALES)
-        backbone = build_model(model, **{**cls.backbone_model_options(dict(model_options or {}), tuple(patch_size)),
-                                         "in_channels": 1, "out_channels": 1 + len(DESCRIPTORS) * len(scales)})
-        return cls(backbone, tuple(patch_size), num_structures=num_structures, **options)
+        return {**model_options, "out_channels": 1 + len(DESCRIPTORS) * len(scales)}
 
     def recipe(self) -> dict:
         """What encoder.pt records of this pretraining (the pretext tasks and their weights)."""
