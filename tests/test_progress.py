@@ -110,7 +110,7 @@ def test_progress_bar_on_a_terminal_lines_in_a_log_nothing_when_quiet():
     assert isinstance(progress_bar(False, "x", stream=Terminal()), NoProgress)
 
 
-def test_synth_and_convert_in_a_log_print_progress_lines(tmp_path):
+def test_synth_convert_and_evaluate_in_a_log_print_progress_lines(tmp_path):
     """stdout to a file (nohup, SLURM): each phase ends with a plain line, not a silent run."""
     synth = subprocess.run([sys.executable, "-m", "selma3d", "synth", str(tmp_path / "d"), "--preset", "tiny"],
                            capture_output=True, text=True, timeout=600)
@@ -123,3 +123,13 @@ def test_synth_and_convert_in_a_log_print_progress_lines(tmp_path):
     assert convert.returncode == 0, convert.stderr
     phases = [line for line in convert.stdout.splitlines() if line.startswith("[convert] v.zarr: ")]
     assert phases and phases[0].startswith("[convert] v.zarr: level 0 ") and all("done in" in p for p in phases)
+    import shutil
+
+    gt = tmp_path / "d" / "annotated" / "final_test"
+    pred = shutil.copytree(gt, tmp_path / "pred")
+    evaluate = subprocess.run([sys.executable, "-m", "selma3d", "evaluate", str(pred), str(gt),
+                               "--out", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=600)
+    assert evaluate.returncode == 0, evaluate.stderr
+    scoring = [line for line in evaluate.stderr.splitlines() if line.startswith("[evaluate] scoring ")]
+    cases = len(list(gt.glob("*/*_label.nii.gz")))
+    assert len(scoring) >= 1 and scoring[-1].startswith(f"[evaluate] scoring {cases}/{cases} (100 %)")

@@ -13,6 +13,7 @@ failure with a message naming it; every other case is still scored.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from ...errors import InputError, Selma3dError
 from ...io.nifti import grid_difference, read_nifti
+from ...utils.progress import progress_bar
 from ..editions import DEFAULT_EDITION, Edition, get_edition
 from ..editions.base import Pitfall
 from .matching import CaseJob
@@ -107,17 +109,11 @@ def _score_safely(job: CaseJob) -> tuple[dict | None, dict | None]:
 
 @contextmanager
 def _progress_bar(enabled: bool, total: int):
-    """Yield ``advance(case_name)``; draws a rich progress bar on stderr when enabled."""
-    if not enabled:
-        yield lambda case: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=Console(stderr=True)) as bar:
-        task = bar.add_task("", total=total)
-        yield lambda case: bar.update(task, advance=1, description=case)
+    """Yield ``advance(case_name)``: a bar on a terminal, a line every few seconds in a log; on
+    stderr, because stdout carries the summary."""
+    with progress_bar(enabled, "evaluate", unit="cases", stream=sys.stderr) as bar:
+        task = bar.add_task("scoring", total=total)
+        yield lambda case: bar.advance(task)
 
 
 def run_cases(jobs: list[CaseJob], workers: int, progress: bool) -> list[tuple[dict | None, dict | None]]:
