@@ -46,6 +46,34 @@ def test_methods_on_their_own_backbone_get_their_own_scratch_arms():
     assert plan.options_for("vit3d")["img_size"] == plan.patch_size
 
 
+def test_cpu_preset_sizes_every_backbone_and_the_budget_counts_only_what_the_arms_use(tmp_path):
+    """Any method runs at CPU scale (dino on a small vit3d, simclr on attunet2d), and sizing a
+    backbone no arm builds does not make an older study folder incomparable."""
+    import dataclasses
+
+    from selma3d.study.plan import StudyPlan
+    from selma3d.study.runner import check_study_folder
+
+    plan = StudyPlan.from_preset(str(tmp_path), str(tmp_path / "s"), "cpu", methods=["dino", "simclr"])
+    assert plan.options_for("vit3d")["hidden_size"] <= 128 and plan.options_for("attunet2d")["features"] == [8, 16, 32]
+    assert [init for init, _ in plan.inits()] == ["scratch", "scratch", "scratch", "dino", "simclr"]
+    assert set(plan.budget()["model_options"]) == {"unet3d", "vit3d", "attunet2d"}
+    assert plan.budget()["method_options"] == {"dino": plan.method_options["dino"]}
+
+    byol = StudyPlan.from_preset(str(tmp_path), str(tmp_path / "b"), "cpu", methods=["byol"])
+    assert set(byol.budget()["model_options"]) == {"unet3d"} and byol.budget()["method_options"] == {}
+    check_study_folder(byol)
+    # a plan.json written before method_options and the other backbones existed still matches
+    saved = json.loads((tmp_path / "b" / "plan.json").read_text())
+    saved.pop("method_options")
+    saved["model_options"] = {"unet3d": saved["model_options"]["unet3d"]}
+    (tmp_path / "b" / "plan.json").write_text(json.dumps(saved))
+    check_study_folder(byol)
+    # ... but a changed backbone of an architecture in use is refused
+    with pytest.raises(InputError, match="model_options"):
+        check_study_folder(dataclasses.replace(byol, model_options={"unet3d": {"features": [4, 8, 16]}}))
+
+
 def test_plan_rejects_bad_settings_and_parses_lists():
     from selma3d.study.plan import StudyPlan, parse_labels, parse_seeds
 
