@@ -337,6 +337,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     """
     from ..data.sampling import PatchDataset, volumes_from_dataset
     from ..ssl import build_method
+    from ..ssl.registry import sample_size
 
     run_dir = Path(config.out)
     ckpt = run_dir / "checkpoints" / CHECKPOINT_NAME
@@ -359,7 +360,9 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     # the initial weights (a resume overwrites them with the checkpoint's)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     sources = volumes_from_dataset(config.data, config.structures)
-    dataset = PatchDataset(sources, config.patch_size, seed=config.seed, start_step=start_step,
+    # the windows the method learns from: the patch, or one slice of it for a 2D method
+    window = sample_size(config.method, config.patch_size)
+    dataset = PatchDataset(sources, window, seed=config.seed, start_step=start_step,
                            batch_size=config.batch_size, downsample_xy=config.downsample_xy, fg_threshold=config.fg_threshold,
                            fg_fraction=config.fg_fraction, normalization=DEFAULT_NORMALIZATION)
     percentiles = dataset.prepare()
@@ -377,6 +380,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     encoder_extra = {
         "normalization": DEFAULT_NORMALIZATION.to_dict() | {"per": "volume"},
         "patch_size": list(config.patch_size),
+        "sample_size": list(window),
         "downsample_xy": config.downsample_xy,
         **recorded_spacing(config.data, structures),
         "structures": structures,
