@@ -10,10 +10,12 @@ own PatchDataset produced, already in memory: ``training_loss`` (which makes the
 AdamW step, ``on_after_step`` (EMA) — nothing else.
 
     .venv/bin/python benchmarks/pretrain_bench.py [--methods byol,simclr,inpainting,dino,multitask]
-        [--steps 50] [--warmup 5] [--num-workers N] [--threads N] [--data DIR]
+        [--steps 50] [--warmup 5] [--num-workers N] [--threads N] [--data DIR] [--repeats N]
 
 Overhead = pipeline s/step / bare s/step - 1 (goal: <= 15 %). Both are measured in this process,
-bare first, then the pipeline, per method. Wall time is what the user waits for; CPU time (this
+bare first, then the pipeline, per method (``--repeats N``: N such pairs, medians reported). The
+bare step seeds its generators before each step as the pipeline does (untimed), so both draw the
+same augmentations. Wall time is what the user waits for; CPU time (this
 process plus its DataLoader workers, read from /proc on Linux) is what competes for the cores,
 and it is much less disturbed than wall time when other jobs share the machine. The timed window includes one checkpoint (at step
 ``--checkpoint-every``, 50 by default: twice as often as the command's default of 100).
@@ -58,6 +60,8 @@ def _parse():
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the command's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--health-every", type=int, default=None, help="SSL health every N steps (default: the command's)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="bare and pipeline runs per method, alternating; the medians are reported")
     return parser.parse_args()
 
 
@@ -82,20 +86,31 @@ def step_timer(warmup: int):
     import pytorch_lightning as pl
 
     class StepTimer(pl.Callback):
-        """Wall time from the start of step ``warmup`` + 1 to the end of the last step."""
+        """Wall and CPU time from the start of step ``warmup`` + 1 to the end of the last step.
+
+        The clocks are read at those two points only: :func:`cpu_seconds` scans /proc (a few
+        milliseconds on a busy machine), so reading it after every step would bill the timer's
+        own cost to the pipeline (it did until this was fixed: +2–6 ms per step).
+        """
 
         def __init__(self):
             self.start = self.end = None
             self.steps = 0
+            self.reads = 0  # clock reads inside the timed window (tests check there are two)
+
+        def _now(self):
+            self.reads += 1
+            return time.perf_counter(), cpu_seconds()
 
         def on_train_batch_start(self, trainer, *args):
             if trainer.global_step == warmup and self.start is None:
-                self.start = (time.perf_counter(), cpu_seconds())
+                self.start = self._now()
 
         def on_train_batch_end(self, trainer, *args):
-            if self.start is not None:
+            if self.start is not None and self.end is None:
                 self.steps += 1
-                self.end = (time.perf_counter(), cpu_seconds())
+                if trainer.global_step >= trainer.max_steps:
+                    self.end = self._now()
 
         @property
         def seconds_per_step(self) -> tuple[float, float]:
@@ -150,7 +165,13 @@ def one_batch(config) -> dict:
     """A batch of the pipeline's own PatchDataset (read in this process)."""
     from selma3d.data.sampling import PatchDataset, volumes_from_dataset
 
-    dataset = PatchDataset(volumes_from_dataset(config.data, config.structures), config.patch_size,
+    try:  # the window the pipeline samples for this method (one slice for a 2D method)
+        from selma3d.ssl.registry import sample_size
+
+        window = sample_size(config.method, config.patch_size)
+    except ImportError:  # an older selma3d (for "before" numbers) sampled the whole patch
+        window = config.patch_size
+    dataset = PatchDataset(volumes_from_dataset(config.data, config.structures), window,
                            seed=config.seed, fg_threshold=config.fg_threshold, fg_fraction=config.fg_fraction)
     dataset.prepare()
     stream = iter(dataset)
@@ -159,8 +180,13 @@ def one_batch(config) -> dict:
             "structure": torch.tensor([i["structure"] for i in items])}
 
 
-def bare_step(config, batch: dict, warmup: int, steps: int) -> float:
+def bare_step(config, batch: dict, warmup: int, steps: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per bare step. Before each step the global generators are seeded as
+    the pipeline seeds that step (``seed_step(seed, step, rank 0)``, outside the timed part), so
+    both draw the same views, masks and augmentation choices (SimCLR's CLAHE, for one, costs
+    several times a cheap contrast change: unpaired draws made the small steps' ratios noisy)."""
     from selma3d.ssl import build_method
+    from selma3d.training.determinism import seed_step
 
     torch.manual_seed(config.seed)
     method = build_method(config.method, model=config.model, model_options=config.model_options,
@@ -168,16 +194,25 @@ def bare_step(config, batch: dict, warmup: int, steps: int) -> float:
     method.train()
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
-    start = None
+    wall = cpu = 0.0
     for step in range(1, warmup + steps + 1):
-        if step == warmup + 1:
-            start = (time.perf_counter(), time.process_time())
+        seed_step(config.seed, step - 1, 0)
+        start = (time.perf_counter(), time.process_time())
         loss, _ = method.training_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         method.on_after_step(step, warmup + steps)
-    return (time.perf_counter() - start[0]) / steps, (time.process_time() - start[1]) / steps
+        if step > warmup:
+            wall += time.perf_counter() - start[0]
+            cpu += time.process_time() - start[1]
+    return wall / steps, cpu / steps
+
+
+def _median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def main():
@@ -196,8 +231,13 @@ def main():
         for method in methods:
             config = config_for(method, args, data_dir, Path(tmp) / f"run_{method}")
             batch = one_batch(config)
-            bare = bare_step(config, batch, args.warmup, args.steps)
-            pipe = pipeline_step(config, args.warmup)
+            bares, pipes = [], []
+            for repeat in range(args.repeats):  # alternating, so slow phases of a shared machine hit both
+                bares.append(bare_step(config, batch, args.warmup, args.steps))
+                config.out = str(Path(tmp) / f"run_{method}_{repeat}")
+                pipes.append(pipeline_step(config, args.warmup))
+            bare = tuple(_median([b[i] for b in bares]) for i in range(2))
+            pipe = tuple(_median([p[i] for p in pipes]) for i in range(2))
             rows.append((method, config, pipe, bare))
             print(f"{method:11s} wall: pipeline {pipe[0]:6.3f} s/step, bare {bare[0]:6.3f} s/step, overhead "
                   f"{pipe[0] / bare[0] - 1:+6.1%}   CPU: pipeline {pipe[1]:6.3f}, bare {bare[1]:6.3f}, "
@@ -205,7 +245,8 @@ def main():
     cfg = rows[0][1]
     print(f"\ntorch threads {torch.get_num_threads()}, num_workers {cfg.num_workers}, health_every "
           f"{getattr(cfg, 'health_every', 'n/a')}, patch {args.patch}³, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup}, checkpoint every {args.checkpoint_every}")
+          f"{args.steps} timed steps after {args.warmup}, checkpoint every {args.checkpoint_every}, "
+          f"median of {args.repeats} run(s) each, load average {os.getloadavg()[0]:.1f}")
     print("| method | wall s/step pipeline / bare | wall overhead | CPU s/step pipeline / bare | CPU overhead |")
     print("|---|---|---|---|---|")
     for method, _, pipe, bare in rows:
