@@ -355,20 +355,12 @@ class TiffStack:
 
     def _read_known(self, z_list: list[int], y0: int, y1: int) -> np.ndarray:
         """Whole rows y0..y1 of slices ``z_list`` (all in ``self._raw``) as one (n, rows, width)
-        array: per slice a ``stat`` and, if the file is unchanged, one ``preadv`` into the array
-        through a cached descriptor; a changed slice goes through :meth:`read_region`."""
+        array, each slice read straight into its plane (a ``stat`` and one ``preadv`` through a
+        cached descriptor while the file is unchanged)."""
         width = self.shape[2]
         rows = np.empty((len(z_list), y1 - y0, width), self.dtype)
         for i, z in enumerate(z_list):
-            path = self._paths[z]
-            try:
-                done = self._read_cached(z, path, y0, y1, 0, width, rows[i])
-            except InputError:
-                raise
-            except Exception as exc:
-                raise InputError(f"{path}: cannot read slice data ({type(exc).__name__}: {exc})") from None
-            if not done:
-                rows[i] = self.read_region(z, y0, y1, 0, width)
+            self.read_region(z, y0, y1, 0, width, rows[i])
         return rows
 
     def _read_cached(self, z: int, path: str, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> bool:
@@ -389,10 +381,12 @@ class TiffStack:
             _OPEN.release(entry)
         return True
 
-    def read_region(self, z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Rows y0..y1, columns x0..x1 of slice ``z``, reading only the segments that cover them."""
+    def read_region(self, z: int, y0: int, y1: int, x0: int, x1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows y0..y1, columns x0..x1 of slice ``z``, reading only the segments that cover them
+        (into ``out`` when given: a C-contiguous array of that shape and the stack's dtype)."""
         path = self._paths[z]
-        out = np.empty((max(y1 - y0, 0), max(x1 - x0, 0)), self.dtype)
+        if out is None:
+            out = np.empty((max(y1 - y0, 0), max(x1 - x0, 0)), self.dtype)
         if out.size == 0:
             return out
         try:
