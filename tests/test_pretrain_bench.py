@@ -52,3 +52,22 @@ def test_bare_step_is_seeded_like_the_pipeline(bench, monkeypatch, tiny_dataset,
     wall, cpu = bench.bare_step(config, bench.one_batch(config), warmup=1, steps=2)
     assert wall > 0 and cpu > 0
     assert seeded == [(config.seed, 0, 0), (config.seed, 1, 0), (config.seed, 2, 0)]  # pipeline: (seed, step, rank)
+
+
+def test_interleaved_pairs_each_pipeline_step_with_a_bare_step(bench, monkeypatch, tiny_dataset, tmp_path):
+    from selma3d.training import determinism
+
+    seeded = []
+    real = determinism.seed_step
+    monkeypatch.setattr(determinism, "seed_step", lambda *args: seeded.append(args[1]) or real(*args))
+    args = SimpleNamespace(warmup=1, steps=3, patch=16, batch_size=2, checkpoint_every=100, num_workers=0,
+                           health_every=0)
+    config = bench.config_for("inpainting", args, Path(tiny_dataset), tmp_path / "run")
+    config.model_options = {"features": [4, 8, 16]}
+    config.fg_fraction = 0.02
+    config.progress = False
+    pipe, bare = bench.interleaved(config, bench.one_batch(config), warmup=1)
+    assert min(pipe) > 0 and min(bare) > 0
+    # the bare step's warm-up (step 0), then, after each timed pipeline step s (steps 1..3, 0-based as
+    # the pipeline seeds them), the bare step seeded as step s
+    assert seeded == [0, 1, 2, 3]
