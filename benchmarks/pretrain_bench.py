@@ -10,10 +10,13 @@ own PatchDataset produced, already in memory: ``training_loss`` (which makes the
 AdamW step, ``on_after_step`` (EMA) — nothing else.
 
     .venv/bin/python benchmarks/pretrain_bench.py [--methods byol,simclr,inpainting,dino,multitask]
-        [--steps 50] [--warmup 5] [--num-workers N] [--threads N] [--data DIR]
+        [--steps 50] [--warmup 5] [--num-workers N] [--threads N] [--data DIR] [--repeats N] [--interleave]
 
 Overhead = pipeline s/step / bare s/step - 1 (goal: <= 15 %). Both are measured in this process,
-bare first, then the pipeline, per method. Wall time is what the user waits for; CPU time (this
+bare first, then the pipeline, per method (``--repeats N``: N such pairs, medians reported). The
+bare step seeds its generators before each step as the pipeline does (untimed), so both draw the
+same augmentations. ``--interleave`` (with ``--num-workers 0``): one run per repeat, a bare step
+timed right after each pipeline step, so load changes on a shared machine hit both alike. Wall time is what the user waits for; CPU time (this
 process plus its DataLoader workers, read from /proc on Linux) is what competes for the cores,
 and it is much less disturbed than wall time when other jobs share the machine. The timed window includes one checkpoint (at step
 ``--checkpoint-every``, 50 by default: twice as often as the command's default of 100).
@@ -58,6 +61,10 @@ def _parse():
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the command's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--health-every", type=int, default=None, help="SSL health every N steps (default: the command's)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="bare and pipeline runs per method, alternating; the medians are reported")
+    parser.add_argument("--interleave", action="store_true",
+                        help="time a bare step after each pipeline step in the same run (needs --num-workers 0)")
     return parser.parse_args()
 
 
@@ -82,20 +89,31 @@ def step_timer(warmup: int):
     import pytorch_lightning as pl
 
     class StepTimer(pl.Callback):
-        """Wall time from the start of step ``warmup`` + 1 to the end of the last step."""
+        """Wall and CPU time from the start of step ``warmup`` + 1 to the end of the last step.
+
+        The clocks are read at those two points only: :func:`cpu_seconds` scans /proc (a few
+        milliseconds on a busy machine), so reading it after every step would bill the timer's
+        own cost to the pipeline (it did until this was fixed: +2–6 ms per step).
+        """
 
         def __init__(self):
             self.start = self.end = None
             self.steps = 0
+            self.reads = 0  # clock reads inside the timed window (tests check there are two)
+
+        def _now(self):
+            self.reads += 1
+            return time.perf_counter(), cpu_seconds()
 
         def on_train_batch_start(self, trainer, *args):
             if trainer.global_step == warmup and self.start is None:
-                self.start = (time.perf_counter(), cpu_seconds())
+                self.start = self._now()
 
         def on_train_batch_end(self, trainer, *args):
-            if self.start is not None:
+            if self.start is not None and self.end is None:
                 self.steps += 1
-                self.end = (time.perf_counter(), cpu_seconds())
+                if trainer.global_step >= trainer.max_steps:
+                    self.end = self._now()
 
         @property
         def seconds_per_step(self) -> tuple[float, float]:
@@ -122,27 +140,33 @@ def config_for(method: str, args, data_dir: Path, out: Path):
     return PretrainConfig(**{k: v for k, v in options.items() if k in known})
 
 
-def pipeline_step(config, warmup: int) -> float:
+def run_with(config, callback) -> None:
+    """``run_pretraining(config)`` with one extra Lightning callback."""
     from selma3d.training.pretrain import run_pretraining
 
     import inspect
 
-    timer = step_timer(warmup)
     if "callbacks" in inspect.signature(run_pretraining).parameters:
-        run_pretraining(config, callbacks=[timer])
-    else:  # an older selma3d (for "before" numbers): hand the timer to the Trainer directly
-        import pytorch_lightning as pl
+        run_pretraining(config, callbacks=[callback])
+        return
+    # an older selma3d (for "before" numbers): hand the callback to the Trainer directly
+    import pytorch_lightning as pl
 
-        original = pl.Trainer.__init__
+    original = pl.Trainer.__init__
 
-        def with_timer(self, *args, callbacks=None, **kwargs):
-            original(self, *args, callbacks=[*(callbacks or []), timer], **kwargs)
+    def with_callback(self, *args, callbacks=None, **kwargs):
+        original(self, *args, callbacks=[*(callbacks or []), callback], **kwargs)
 
-        pl.Trainer.__init__ = with_timer
-        try:
-            run_pretraining(config)
-        finally:
-            pl.Trainer.__init__ = original
+    pl.Trainer.__init__ = with_callback
+    try:
+        run_pretraining(config)
+    finally:
+        pl.Trainer.__init__ = original
+
+
+def pipeline_step(config, warmup: int) -> tuple[float, float]:
+    timer = step_timer(warmup)
+    run_with(config, timer)
     return timer.seconds_per_step
 
 
@@ -150,7 +174,13 @@ def one_batch(config) -> dict:
     """A batch of the pipeline's own PatchDataset (read in this process)."""
     from selma3d.data.sampling import PatchDataset, volumes_from_dataset
 
-    dataset = PatchDataset(volumes_from_dataset(config.data, config.structures), config.patch_size,
+    try:  # the window the pipeline samples for this method (one slice for a 2D method)
+        from selma3d.ssl.registry import sample_size
+
+        window = sample_size(config.method, config.patch_size)
+    except ImportError:  # an older selma3d (for "before" numbers) sampled the whole patch
+        window = config.patch_size
+    dataset = PatchDataset(volumes_from_dataset(config.data, config.structures), window,
                            seed=config.seed, fg_threshold=config.fg_threshold, fg_fraction=config.fg_fraction)
     dataset.prepare()
     stream = iter(dataset)
@@ -159,25 +189,106 @@ def one_batch(config) -> dict:
             "structure": torch.tensor([i["structure"] for i in items])}
 
 
-def bare_step(config, batch: dict, warmup: int, steps: int) -> float:
-    from selma3d.ssl import build_method
+class BareStep:
+    """The method on one batch already in memory: ``training_loss`` (which makes the views),
+    backward, AdamW step, ``on_after_step`` (EMA) — nothing else. Before each step the global
+    generators are seeded as the pipeline seeds that step (``seed_step(seed, step, rank 0)``,
+    outside the timed part), so both draw the same views, masks and augmentation choices
+    (SimCLR's CLAHE, for one, costs several times a cheap contrast change: unpaired draws made
+    the small steps' ratios noisy)."""
 
-    torch.manual_seed(config.seed)
-    method = build_method(config.method, model=config.model, model_options=config.model_options,
-                          patch_size=config.patch_size, num_structures=4, **config.method_options)
-    method.train()
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    start = None
-    for step in range(1, warmup + steps + 1):
-        if step == warmup + 1:
-            start = (time.perf_counter(), time.process_time())
-        loss, _ = method.training_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, config, batch: dict, total_steps: int):
+        from selma3d.ssl import build_method
+        from selma3d.training import determinism
+
+        self.config, self.batch, self.total = config, batch, total_steps
+        self.determinism = determinism
+        torch.manual_seed(config.seed)
+        self.method = build_method(config.method, model=config.model, model_options=config.model_options,
+                                   patch_size=config.patch_size, num_structures=4, **config.method_options)
+        self.method.train()
+        self.optimizer = torch.optim.AdamW([p for p in self.method.parameters() if p.requires_grad],
+                                           lr=config.lr, weight_decay=config.weight_decay)
+
+    def seed(self, step: int) -> None:
+        """Seed the generators for 1-based ``step`` as the pipeline does (untimed)."""
+        self.determinism.seed_step(self.config.seed, step - 1, 0)
+
+    def step(self, step: int) -> None:
+        """One bare step (1-based ``step``, for the EMA schedule); call :meth:`seed` first."""
+        loss, _ = self.method.training_loss(self.batch)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        method.on_after_step(step, warmup + steps)
-    return (time.perf_counter() - start[0]) / steps, (time.process_time() - start[1]) / steps
+        self.optimizer.step()
+        self.method.on_after_step(step, self.total)
+
+
+def bare_step(config, batch: dict, warmup: int, steps: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per bare step (:class:`BareStep`), after ``warmup`` untimed steps."""
+    bare = BareStep(config, batch, warmup + steps)
+    wall = cpu = 0.0
+    for step in range(1, warmup + steps + 1):
+        bare.seed(step)
+        start = (time.perf_counter(), time.process_time())
+        bare.step(step)
+        if step > warmup:
+            wall += time.perf_counter() - start[0]
+            cpu += time.process_time() - start[1]
+    return wall / steps, cpu / steps
+
+
+def interleaved(config, batch: dict, warmup: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(pipeline, bare) (wall, CPU) seconds per step, measured in alternation in one run: after
+    each timed pipeline step a callback runs the bare step of the same index (seeded alike) and
+    the pipeline's clock restarts after it. A shared machine's slow and fast minutes then hit
+    both alike, which sequential runs (minutes apart) do not. Loader in the main process only
+    (``--num-workers 0``): workers would keep loading while the bare step runs."""
+    import pytorch_lightning as pl
+
+    if config.num_workers:
+        raise SystemExit("--interleave needs --num-workers 0")
+    total = config.max_steps
+    bare = BareStep(config, batch, total)
+
+    def clocks():
+        return time.perf_counter(), time.process_time()
+
+    class Interleave(pl.Callback):
+        def __init__(self):
+            self.pipe, self.bare, self.start, self.steps = [0.0, 0.0], [0.0, 0.0], None, 0
+
+        def on_train_start(self, trainer, *args):
+            for step in range(1, warmup + 1):  # the bare step's own warm-up
+                bare.seed(step)
+                bare.step(step)
+
+        def on_train_batch_end(self, trainer, *args):
+            # every timed interval runs from one step's end to the next (fetch included)
+            if trainer.global_step == warmup:
+                self.start = clocks()
+                return
+            if self.start is None:
+                return
+            end = clocks()
+            self.pipe = [a + e - s for a, s, e in zip(self.pipe, self.start, end)]
+            step = trainer.global_step  # 1-based index of the step just done
+            bare.seed(step)
+            start = clocks()
+            bare.step(step)
+            end = clocks()
+            self.bare = [a + e - s for a, s, e in zip(self.bare, start, end)]
+            self.steps += 1
+            self.start = clocks()
+
+    callback = Interleave()
+    run_with(config, callback)
+    return (tuple(v / callback.steps for v in callback.pipe), tuple(v / callback.steps for v in callback.bare))
+
+
+def _median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def main():
@@ -196,8 +307,18 @@ def main():
         for method in methods:
             config = config_for(method, args, data_dir, Path(tmp) / f"run_{method}")
             batch = one_batch(config)
-            bare = bare_step(config, batch, args.warmup, args.steps)
-            pipe = pipeline_step(config, args.warmup)
+            bares, pipes = [], []
+            for repeat in range(args.repeats):  # alternating, so slow phases of a shared machine hit both
+                config.out = str(Path(tmp) / f"run_{method}_{repeat}")
+                if args.interleave:
+                    pipe, bare = interleaved(config, batch, args.warmup)
+                    pipes.append(pipe)
+                    bares.append(bare)
+                    continue
+                bares.append(bare_step(config, batch, args.warmup, args.steps))
+                pipes.append(pipeline_step(config, args.warmup))
+            bare = tuple(_median([b[i] for b in bares]) for i in range(2))
+            pipe = tuple(_median([p[i] for p in pipes]) for i in range(2))
             rows.append((method, config, pipe, bare))
             print(f"{method:11s} wall: pipeline {pipe[0]:6.3f} s/step, bare {bare[0]:6.3f} s/step, overhead "
                   f"{pipe[0] / bare[0] - 1:+6.1%}   CPU: pipeline {pipe[1]:6.3f}, bare {bare[1]:6.3f}, "
@@ -205,7 +326,9 @@ def main():
     cfg = rows[0][1]
     print(f"\ntorch threads {torch.get_num_threads()}, num_workers {cfg.num_workers}, health_every "
           f"{getattr(cfg, 'health_every', 'n/a')}, patch {args.patch}³, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup}, checkpoint every {args.checkpoint_every}")
+          f"{args.steps} timed steps after {args.warmup}, checkpoint every {args.checkpoint_every}, "
+          f"median of {args.repeats} run(s) each{', interleaved' if args.interleave else ''}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print("| method | wall s/step pipeline / bare | wall overhead | CPU s/step pipeline / bare | CPU overhead |")
     print("|---|---|---|---|---|")
     for method, _, pipe, bare in rows:

@@ -26,6 +26,9 @@ def test_encoder_versions_old_files_load_and_newer_ones_are_refused_by_name(tmp_
     torch.save(ckpt, tmp_path / "v1.pt")
     plan = load_plan(tmp_path / "v1.pt")
     assert plan.downsample_xy == 1 and plan.method == "m" and plan.spacing is None
+    ckpt["patch_size"] = [8, 16, 16]  # written before sample_size was recorded: the patch was read
+    torch.save(ckpt, tmp_path / "v1.pt")
+    assert load_plan(tmp_path / "v1.pt").sample_size == (8, 16, 16)
     ckpt["version"] = 99
     torch.save(ckpt, tmp_path / "v99.pt")
     with pytest.raises(Selma3dError, match="v99.pt.*version 99"):

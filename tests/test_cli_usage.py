@@ -5,6 +5,7 @@ smoke run. Marked ``drift``: `make test-latest` runs these against the newest de
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -114,3 +115,37 @@ def test_pretrain_spells_structures_and_quiet_like_the_other_commands():
     text = CliRunner().invoke(app_typer, ["pretrain", "--help"], env={"COLUMNS": "200"}).output
     assert "--structures" in text and "--quiet" in text
     assert "--no-progress" not in text and "--structure " not in text
+
+
+def test_a_warning_is_one_line_and_the_hooks_come_back(monkeypatch, capsys):
+    """Inside a command a warning prints as ``warning: <message>`` (all of it, no file:line, no
+    quoted source line); after the command Python's own hooks are back."""
+    import warnings
+
+    import selma3d.cli as cli
+
+    before = warnings.showwarning, warnings.formatwarning
+
+    def command(*args, **kwargs):
+        warnings.warn("volume v: something odd\nsecond line", RuntimeWarning, stacklevel=2)
+        return 0
+
+    monkeypatch.setattr(cli, "app_typer", command)
+    cli.app()
+    assert capsys.readouterr().err == "warning: volume v: something odd\nsecond line\n"
+    assert (warnings.showwarning, warnings.formatwarning) == before
+
+
+def test_the_samplers_warning_reaches_the_user_as_one_line(tiny_dataset, tmp_path):
+    result = run("pretrain", "--method", "inpainting", "--data", tiny_dataset, "--out", tmp_path / "run",
+                 "--max-steps", "1", "--patch-size", "16", "--batch-size", "2", "--model-option", "features=[4,8,16]",
+                 "--num-workers", "1", "--health-every", "0", "--fg-threshold", "1000000", "--quiet")
+    assert result.returncode == 0, result.stderr
+    dim = [line for line in result.stderr.splitlines() if "no patch with" in line]
+    assert dim, result.stderr
+    for line in dim:  # from the loader worker process: the hook is inherited
+        assert re.fullmatch(r"warning: \w+/\w+: no patch with >= 10% of voxels above 1000000\.0 in 20 tries; "
+                            r"using the most foreground-rich one \(\d+\.\d%\)\. Lower --fg-threshold/--fg-fraction "
+                            r"if this volume is dim\.", line), line
+    assert "sampling.py" not in result.stderr and "RuntimeWarning" not in result.stderr
+    assert "sample_from" not in result.stderr

@@ -218,6 +218,7 @@ def test_pretrained_encoder_arrives_unchanged_in_finetuning_model(tiny_dataset, 
     ckpt = load_encoder_checkpoint(encoder_path)
     assert ckpt["method"] == "byol" and ckpt["steps"] == 3 and ckpt["model"]["name"] == "unet3d"
     assert ckpt["patch_size"] == [16, 16, 16] and ckpt["normalization"]["low"] == 0.05
+    assert ckpt["sample_size"] == [16, 16, 16]  # a 3D method reads whole patches
     model = model_from_encoder_checkpoint(encoder_path, out_channels=2)
     trained = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu",
                          weights_only=False)["state_dict"]
@@ -230,6 +231,38 @@ def test_pretrained_encoder_arrives_unchanged_in_finetuning_model(tiny_dataset, 
     rows = list(csv.DictReader(open(tmp_path / "run" / "loss.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+
+
+def test_a_2d_method_samples_single_slices(tiny_dataset, tmp_path, monkeypatch):
+    """SimCLR learns from one z-slice of each patch, so the sampler reads 1-slice windows (the
+    foreground filter judges that slice); 3D methods read whole patches. The SSL health check
+    embeds a held batch drawn the same way, and encoder.pt records the patch size to finetune
+    with next to the window the encoder learned from."""
+    from selma3d.artifacts.encoder import load_plan
+    from selma3d.data import sampling
+    from selma3d.ssl.registry import sample_size
+    from selma3d.training.pretrain import run_pretraining
+
+    assert sample_size("simclr", (16, 32, 48)) == (1, 32, 48)
+    assert all(sample_size(name, (16, 32, 48)) == (16, 32, 48) for name in method_names() if name != "simclr")
+    windows = []
+    real = sampling.read_window
+
+    def recording(volume, start, window):
+        windows.append(tuple(window))
+        return real(volume, start, window)
+
+    monkeypatch.setattr(sampling, "read_window", recording)
+    tiny = TINY["simclr"]
+    run = tmp_path / "simclr"
+    encoder = run_pretraining(run_config(
+        tiny_dataset, run, method="simclr", model_options=tiny["model_options"],
+        method_options={k: v for k, v in tiny.items() if k != "model_options"}, max_steps=2, health_every=2))
+    assert windows and set(windows) == {(1, 16, 16)}
+    plan = load_plan(encoder)
+    assert plan.patch_size == (16, 16, 16) and plan.sample_size == (1, 16, 16)
+    health = list(csv.DictReader(open(run / "health.csv")))
+    assert [int(r["step"]) for r in health] == [0, 2] and all(float(r["effective_rank"]) > 1 for r in health)
 
 
 def test_interrupted_run_resumes_at_saved_step(tiny_dataset, tmp_path, monkeypatch):

@@ -188,3 +188,119 @@ def test_known_uncompressed_slices_are_read_without_parsing_headers_again(tmp_pa
     assert parsed == [path]
     assert np.array_equal(stack[2, 4:8], replaced[4:8])  # compressed: parsed on every read
     assert len(parsed) == 2
+
+
+def test_first_read_parses_no_header_again(tmp_path, volume, monkeypatch):
+    """Opening the stack checks every header; it keeps the pixel offsets it found then, so even
+    the first read of an uncompressed slice parses nothing."""
+    write_slices(tmp_path, volume[:6])
+    stack = TiffStack(tmp_path)
+    parsed = []
+    real = tifffile.TiffFile
+
+    def counting(*args, **kwargs):
+        parsed.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tifffile, "TiffFile", counting)
+    assert np.array_equal(stack[:, 2:9, 3:30], volume[:6, 2:9, 3:30])
+    assert np.array_equal(stack[4, 5, 6], volume[4, 5, 6])
+    assert parsed == []
+
+
+def _opens(monkeypatch):
+    """Paths passed to os.open from now on."""
+    opened = []
+    real = os.open
+
+    def counting(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting)
+    return opened
+
+
+def test_slice_files_stay_open_between_reads(tmp_path, volume, monkeypatch):
+    """A known slice is read through a descriptor kept open (no open/close per read), in a
+    bounded least-recently-used set."""
+    from selma3d.io import tiffstack
+
+    tiffstack.close_open_files()
+    monkeypatch.setattr(tiffstack, "OPEN_FILES", 3)
+    write_slices(tmp_path, volume[:6])
+    stack = TiffStack(tmp_path)
+    opened = _opens(monkeypatch)
+    assert np.array_equal(stack[0:3, 4:20, 0:9], volume[0:3, 4:20, 0:9])
+    assert len(opened) == 3
+    for _ in range(3):
+        assert np.array_equal(stack[0:3, 1:30, 7:22], volume[0:3, 1:30, 7:22])
+        assert np.array_equal(stack[1], volume[1])
+    assert len(opened) == 3  # read again through the open descriptors
+    assert np.array_equal(stack[3:6], volume[3:6])
+    assert len(tiffstack._OPEN.entries) == 3 and len(opened) == 6  # bounded: slices 0..2 were closed
+    assert np.array_equal(stack[0], volume[0])
+    assert len(opened) == 7
+    tiffstack.close_open_files()
+    assert not tiffstack._OPEN.entries
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])
+def test_a_slice_changed_on_disk_is_read_anew_even_with_its_file_open(tmp_path, volume, how):
+    """The cached descriptor is used only while the path still names the same file, unchanged:
+    a slice replaced by a rename (what write_slices does; same size, even the same time stamp)
+    or rewritten in place is read from the new contents, never from the old open file."""
+    write_slices(tmp_path, volume[:4])
+    stack = TiffStack(tmp_path)
+    assert np.array_equal(stack[:, 3:12, 5:25], volume[:4, 3:12, 5:25])  # descriptors now open
+    path = tmp_path / "slice_00002.tif"
+    stamp = path.stat()
+    replaced = (volume[2] // 3 + 7).astype(np.int16)
+    if how == "renamed over":
+        write_slices(tmp_path, replaced[None], start=2)
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the same time stamp and size
+        assert path.stat().st_size == stamp.st_size and path.stat().st_ino != stamp.st_ino
+    else:
+        with open(path, "r+b") as handle:  # same file (inode), new pixels, new time stamp
+            offset = tifffile.TiffFile(path).pages.first.dataoffsets[0]
+            handle.seek(offset)
+            handle.write(replaced.tobytes())
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+        assert path.stat().st_ino == stamp.st_ino
+    assert np.array_equal(stack[2, 3:12, 5:25], replaced[3:12, 5:25])
+    assert np.array_equal(stack[:, 3:12, 5:25], np.stack([volume[0], volume[1], replaced, volume[3]])[:, 3:12, 5:25])
+
+
+def test_big_endian_slices_read_through_the_fast_path(tmp_path, volume):
+    for z in range(3):
+        tifffile.imwrite(tmp_path / f"slice_{z:05d}.tif", volume[z], byteorder=">", photometric="minisblack")
+    stack = TiffStack(tmp_path)
+    assert stack.dtype == np.int16
+    for _ in range(2):  # parsed at open, then through the cached descriptors
+        assert np.array_equal(stack[:, 5:17, 2:30], volume[:3, 5:17, 2:30])
+        assert np.array_equal(stack[1], volume[1])
+
+
+def test_threads_share_the_open_files_safely(tmp_path, volume, monkeypatch):
+    """Reads from several threads through a tiny descriptor cache: a descriptor evicted while
+    another thread reads through it is closed only after that read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from selma3d.io import tiffstack
+
+    tiffstack.close_open_files()
+    monkeypatch.setattr(tiffstack, "OPEN_FILES", 2)
+    write_slices(tmp_path, volume)
+    stack = TiffStack(tmp_path)
+
+    def reader(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(60):
+            z0, y0, x0 = (int(rng.integers(0, n - 4)) for n in volume.shape)
+            assert np.array_equal(stack[z0:z0 + 4, y0:y0 + 4, x0:], volume[z0:z0 + 4, y0:y0 + 4, x0:])
+        return True
+
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(reader, range(6)))
+    assert len(tiffstack._OPEN.entries) <= 2
+    tiffstack.close_open_files()

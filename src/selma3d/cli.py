@@ -1,12 +1,16 @@
 """The ``selma3d`` command. Each sub-command lives in ``selma3d.commands.<name>`` and
 registers itself on :data:`app`; user errors (:class:`~selma3d.errors.Selma3dError`) are
-printed on one line without a traceback."""
+printed on one line without a traceback, and warnings (e.g. the sampler's "no patch with >= 10 %
+of voxels above ...") as one ``warning: <message>`` line, without Python's file:line prefix and
+the source line it quotes."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import sys
+import warnings
 
 import typer
 
@@ -36,8 +40,44 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"selma3d.commands.{_name}").register(app_typer)
 
 
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: ``warning: <message>`` (the whole message; the
+    file, line number and quoted source line are for developers, not for the user)."""
+    return f"warning: {message}\n"
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of the command: :func:`format_warning` on stderr."""
+    stream = file if file is not None else sys.stderr
+    if stream is None:  # no stderr (pythonw)
+        return
+    try:
+        stream.write(format_warning(message, category, filename, lineno, line))
+        stream.flush()
+    except (OSError, ValueError):  # stderr closed or gone: nothing to tell the user on
+        pass
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Show warnings through :func:`show_warning` (and :func:`format_warning`, which logging's
+    captured warnings use) while the command runs; the previous hooks come back afterwards.
+    Loader worker processes forked meanwhile inherit the hooks."""
+    saved = warnings.showwarning, warnings.formatwarning
+    warnings.showwarning, warnings.formatwarning = show_warning, format_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning, warnings.formatwarning = saved
+
+
 def app() -> None:
     """Console entry point."""
+    with one_line_warnings():
+        _run()
+
+
+def _run() -> None:
     try:
         # Without standalone mode typer *returns* the exit code of ``typer.Exit`` and turns Ctrl-C
         # into a returned 130 instead of raising; pass those codes on instead of exiting 0.

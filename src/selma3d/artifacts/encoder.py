@@ -8,13 +8,17 @@ File format (``torch.save`` of a plain dict, readable with ``weights_only=True``
      "encoder_state": model.encoder.state_dict(),
      # the adaptation plan (all optional in the file; see AdaptationPlan):
      "method", "method_options", "method_recipe", "steps",
-     "normalization", "spacing", "spacing_by_structure", "downsample_xy", "patch_size", "structures"}
+     "normalization", "spacing", "spacing_by_structure", "downsample_xy", "patch_size", "sample_size",
+     "structures"}
 
 Version 1 files (before ``spacing`` was recorded) load unchanged; a file of a newer version
 is refused with a message naming it. ``model`` names the architecture, so
 ``finetune --pretrained enc.pt`` needs no ``--model``; :class:`AdaptationPlan` is what the
 downstream side reads (nnssl's name): the normalization, the xy downsampling and the patch size
-the encoder learned under.
+the encoder learned under. ``patch_size`` is the run's ``--patch-size`` (the crop size to finetune
+with); ``sample_size`` the (z, y, x) window the sampler actually read for it: the same for 3D
+methods, one slice of it (``[1, y, x]``) for a 2D method such as SimCLR (absent in files written
+before it was recorded: then it is ``patch_size``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class AdaptationPlan:
     spacing_by_structure: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     downsample_xy: int = 1
     patch_size: tuple[int, int, int] | None = None
+    sample_size: tuple[int, int, int] | None = None  # the sampler's window (a 2D method: one slice)
     structures: list[str] | None = None
     steps: int | None = None
 
@@ -61,6 +66,7 @@ class AdaptationPlan:
     def from_checkpoint(cls, ckpt: dict) -> "AdaptationPlan":
         """The plan of a validated checkpoint dict (missing entries: the defaults)."""
         spacing, patch = ckpt.get("spacing"), ckpt.get("patch_size")
+        sample = ckpt.get("sample_size") or patch
         return cls(model=dict(ckpt["model"]), method=ckpt.get("method"),
                    method_options=dict(ckpt.get("method_options") or {}),
                    method_recipe=dict(ckpt.get("method_recipe") or {}),
@@ -70,6 +76,7 @@ class AdaptationPlan:
                                          for k, v in (ckpt.get("spacing_by_structure") or {}).items()},
                    downsample_xy=int(ckpt.get("downsample_xy") or 1),
                    patch_size=tuple(int(p) for p in patch) if patch else None,
+                   sample_size=tuple(int(p) for p in sample) if sample else None,
                    structures=list(ckpt["structures"]) if ckpt.get("structures") else None,
                    steps=ckpt.get("steps"))
 

@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         structure: Optional[List[str]] = typer.Option(None, "--structure", hidden=True,
                                                       help="old spelling of --structures (repeatable)"),
         max_steps: Optional[int] = typer.Option(None, help="optimizer steps in total [1000]"),
-        patch_size: str = typer.Option("64", help="patch size N or Z,Y,X (after downsampling)"),
+        patch_size: str = typer.Option("64", help="patch size N or Z,Y,X (after downsampling; a 2D "
+                                        "method such as simclr samples one Y,X slice of it)"),
         batch_size: int = typer.Option(4),
         lr: float = typer.Option(1e-4, help="peak AdamW learning rate"),
         weight_decay: float = typer.Option(0.05),

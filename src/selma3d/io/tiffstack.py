@@ -10,10 +10,14 @@ zarr store per file.
 
 Parsing a TIFF header costs about a millisecond, far more than reading the rows of a small
 patch, and a random 32³ patch touches 32 files. So for uncompressed contiguous slices (what
-microscopes and ``write_slices`` write) the pixel offset found on the first read is remembered,
-keyed by the file's modification time and size; later reads of that slice open the file, read
-the rows at that offset and close it, without parsing the header again. A slice changed on
-disk (other time stamp or size) is parsed afresh.
+microscopes and ``write_slices`` write) the pixel offset found when the stack is opened (every
+header is checked then anyway) is remembered, keyed by the file's identity (device, inode, modification time, size); later reads of that slice
+``stat`` the path and, when its identity is unchanged, read the rows at that offset with one
+``preadv`` straight into the output array, without parsing the header again. The descriptors of
+such slices stay open in a small per-process LRU (:data:`OPEN_FILES`, keyed by path), so a read
+costs a ``stat`` and a ``preadv`` instead of ``stat`` + ``open`` + ``pread`` + ``close``. A slice
+changed on disk (replaced by a rename: other inode; rewritten in place: other time stamp or size)
+is parsed afresh and read through a new descriptor.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
@@ -86,17 +91,143 @@ def _pread(fd: int, nbytes: int, offset: int) -> bytes:
     return os.read(fd, nbytes)
 
 
-def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+def _readinto(fd: int, buffer: np.ndarray, offset: int) -> int:
+    """Read ``buffer.nbytes`` bytes at ``offset`` into the C-contiguous array ``buffer``
+    (``os.preadv`` where the OS has it); returns the number of bytes read."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buffer], offset)
+    data = _pread(fd, buffer.nbytes, offset)
+    buffer.reshape(-1).view(np.uint8)[:len(data)] = np.frombuffer(data, np.uint8)
+    return len(data)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a slice file is still the one parsed: (device, inode, mtime in ns, size). A file
+    replaced by a rename has another inode, one rewritten in place another time stamp or size."""
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _open_files_budget(most: int = 256) -> int:
+    """Slice files to keep open: ``most``, at most a quarter of the process's descriptor limit;
+    none on Windows, where a file held open cannot be replaced."""
+    if os.name == "nt":
+        return 0
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 64
+    return most if soft == resource.RLIM_INFINITY else max(0, min(most, soft // 4))
+
+
+#: slice files kept open per process (least recently used closed first; 0: open per read)
+OPEN_FILES = _open_files_budget()
+
+
+class _OpenFiles:
+    """LRU of read-only descriptors of known uncompressed slices, keyed by path.
+
+    An entry is ``[fd, identity, users, closed_on_release]``; ``identity`` is the ``fstat`` of
+    the descriptor when it was opened. :meth:`acquire` hands out the entry only for the identity
+    the caller just read with ``stat(path)``: while a descriptor is open its inode cannot be
+    reused, so an equal (device, inode) means the path still names the open file, and an equal
+    time stamp and size mean it was not rewritten. A descriptor evicted (or found stale) while
+    another thread reads through it is closed when that read releases it.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.entries: OrderedDict[str, list] = OrderedDict()
+
+    def acquire(self, path: str, identity: tuple) -> list | None:
+        """An open entry for ``path`` with this identity (the caller must :meth:`release` it),
+        or None when the file on disk is no longer that one."""
+        with self.lock:
+            entry = self.entries.get(path)
+            if entry is not None:
+                if entry[1] == identity:
+                    entry[2] += 1
+                    self.entries.move_to_end(path)
+                    return entry
+                self._drop(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            opened = _identity(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        if opened != identity:  # replaced between the caller's stat and this open
+            os.close(fd)
+            return None
+        entry = [fd, identity, 1, OPEN_FILES <= 0]
+        if OPEN_FILES > 0:
+            with self.lock:
+                if path in self.entries:  # another thread opened it meanwhile: keep theirs
+                    entry[3] = True
+                else:
+                    self.entries[path] = entry
+                    while len(self.entries) > OPEN_FILES:
+                        self._drop(next(iter(self.entries)))
+        return entry
+
+    def release(self, entry: list) -> None:
+        with self.lock:
+            entry[2] -= 1
+            close = entry[3] and entry[2] == 0
+        if close:
+            os.close(entry[0])
+
+    def _drop(self, path: str) -> None:
+        """Forget ``path`` (lock held); close its descriptor now if no read uses it."""
+        entry = self.entries.pop(path)
+        entry[3] = True
+        if entry[2] == 0:
+            os.close(entry[0])
+
+    def clear(self) -> None:
+        """Close every cached descriptor (those in use when their read ends)."""
+        with self.lock:
+            for path in list(self.entries):
+                self._drop(path)
+
+    def after_fork(self) -> None:
+        """In a forked child (a DataLoader worker): a fresh lock (the parent's may have been held
+        by another thread) and no reads in flight; the inherited descriptors stay usable."""
+        self.lock = threading.Lock()
+        for entry in self.entries.values():
+            entry[2] = 0
+
+
+_OPEN = _OpenFiles()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_OPEN.after_fork)
+
+
+def close_open_files() -> None:
+    """Close the slice files :class:`TiffStack` keeps open (they are closed anyway when evicted
+    or at exit; e.g. before deleting or unmounting a folder)."""
+    _OPEN.clear()
+
+
+def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, tuple | None]:
+    """(shape, dtype, raw) of a slice file; ``raw`` is (file identity, pixel data offset, on-disk
+    dtype) for an uncompressed contiguous image (read later without parsing the header again),
+    else None."""
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             shape, dtype, npages = page.shape, page.dtype, len(tif.pages)
+            raw = None
+            if dtype is not None and page.is_contiguous and page.compression == 1 and page.fillorder == 1:
+                raw = (_identity(os.fstat(tif.filehandle.fileno())), int(page.dataoffsets[0]),
+                       np.dtype(dtype).newbyteorder(tif.byteorder))
     except Exception as exc:  # tifffile raises several kinds for broken headers
         raise InputError(f"{path}: cannot read TIFF header ({type(exc).__name__}: {exc})") from None
     if npages != 1 or len(shape) != 2 or dtype is None:
         raise InputError(f"{path}: expected one 2D grayscale image per file, "
                          f"got {npages} page(s) of shape {shape}")
-    return tuple(int(s) for s in shape), np.dtype(dtype)
+    return tuple(int(s) for s in shape), np.dtype(dtype), raw
 
 
 def _normalize_key(key, shape):
@@ -151,19 +282,23 @@ class TiffStack:
         self.path = Path(folder)
         self.files = list_slice_files(self.path)
         _check_numbering(self.path, self.files)
-        shape, dtype = _read_header(self.files[0])
-        for path in self.files[1:]:
-            other_shape, other_dtype = _read_header(path)
+        shape, dtype, raw = _read_header(self.files[0])
+        #: z -> (file identity, pixel data offset, on-disk dtype) of uncompressed slices, from the
+        #: header check here, so even a slice's first read parses nothing
+        self._raw: dict[int, tuple[tuple[int, int, int, int], int, np.dtype]] = {0: raw} if raw else {}
+        for z, path in enumerate(self.files[1:], start=1):
+            other_shape, other_dtype, raw = _read_header(path)
             if other_shape != shape or other_dtype != dtype:
                 raise InputError(f"{path}: slice is {other_shape[0]}x{other_shape[1]} {other_dtype}, "
                                  f"but {self.files[0].name} is {shape[0]}x{shape[1]} {dtype}")
+            if raw:
+                self._raw[z] = raw
         self.shape = (len(self.files),) + shape
         self.dtype = dtype
         self.max_workers = max_workers or min(4, os.cpu_count() or 1)
         self.bytes_read = 0
         self._lock = threading.Lock()
-        #: z -> ((st_mtime_ns, st_size), pixel data offset, on-disk dtype) of uncompressed slices
-        self._raw: dict[int, tuple[tuple[int, int], int, np.dtype]] = {}
+        self._paths = [os.fspath(p) for p in self.files]
 
     ndim = 3
 
@@ -198,6 +333,12 @@ class TiffStack:
         # uncompressed rows of a small region are read faster in this thread.
         known = all(z in self._raw for z in z_list)
         large = (y1 - y0) * self.shape[2] * self.dtype.itemsize >= (1 << 20)
+        if known and not large and z_list and (y1 - y0) * (x1 - x0) > 0:
+            rows = self._read_known(z_list, y0, y1)
+            block = rows[:, :, x0:x1][(slice(None), ylocal, xlocal)]
+            if isinstance(zs, int):
+                block = block[0]
+            return np.ascontiguousarray(block) if isinstance(block, np.ndarray) else block
         if len(z_list) >= 4 and self.max_workers > 1 and (y1 - y0) * (x1 - x0) > 0 and (large or not known):
             with ThreadPoolExecutor(self.max_workers) as pool:
                 planes = list(pool.map(read, z_list))
@@ -212,32 +353,57 @@ class TiffStack:
             return empty[(slice(None),) + tuple(0 if isinstance(a, int) else slice(None) for a in (ys, xs))]
         return np.stack(planes)
 
-    def read_region(self, z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Rows y0..y1, columns x0..x1 of slice ``z``, reading only the segments that cover them."""
-        path = self.files[z]
-        out = np.empty((max(y1 - y0, 0), max(x1 - x0, 0)), self.dtype)
+    def _read_known(self, z_list: list[int], y0: int, y1: int) -> np.ndarray:
+        """Whole rows y0..y1 of slices ``z_list`` (all in ``self._raw``) as one (n, rows, width)
+        array, each slice read straight into its plane (a ``stat`` and one ``preadv`` through a
+        cached descriptor while the file is unchanged)."""
+        width = self.shape[2]
+        rows = np.empty((len(z_list), y1 - y0, width), self.dtype)
+        for i, z in enumerate(z_list):
+            self.read_region(z, y0, y1, 0, width, rows[i])
+        return rows
+
+    def _read_cached(self, z: int, path: str, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> bool:
+        """Region of known uncompressed slice ``z`` into ``out`` through a cached descriptor, if
+        the file on disk is still the one parsed; False (nothing read) if it is not."""
+        known = self._raw.get(z)
+        if known is None:
+            return False
+        identity = _identity(os.stat(path))
+        if known[0] != identity:
+            return False
+        entry = _OPEN.acquire(path, identity)
+        if entry is None:
+            return False
+        try:
+            self._read_rows(entry[0], known[1], known[2], y0, y1, x0, x1, out)
+        finally:
+            _OPEN.release(entry)
+        return True
+
+    def read_region(self, z: int, y0: int, y1: int, x0: int, x1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows y0..y1, columns x0..x1 of slice ``z``, reading only the segments that cover them
+        (into ``out`` when given: a C-contiguous array of that shape and the stack's dtype)."""
+        path = self._paths[z]
+        if out is None:
+            out = np.empty((max(y1 - y0, 0), max(x1 - x0, 0)), self.dtype)
         if out.size == 0:
             return out
         try:
-            stat = os.stat(path)
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            known = self._raw.get(z)
-            if known is not None and known[0] == stamp:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    self._read_rows(fd, known[1], known[2], y0, y1, x0, x1, out)
-                finally:
-                    os.close(fd)
+            if self._read_cached(z, path, y0, y1, x0, x1, out):
                 return out
-            with tifffile.TiffFile(path) as tif:
+            with tifffile.TiffFile(self.files[z]) as tif:
                 page = tif.pages.first
                 if page.shape != self.shape[1:] or page.dtype != self.dtype:
                     raise InputError(f"{path}: slice changed on disk: now {page.shape} {page.dtype}, "
                                      f"expected {self.shape[1:]} {self.dtype}")
                 if page.is_contiguous and page.compression == 1 and page.fillorder == 1:
                     disk_dtype = self.dtype.newbyteorder(tif.byteorder)
-                    self._read_rows(tif.filehandle.fileno(), page.dataoffsets[0], disk_dtype, y0, y1, x0, x1, out)
-                    self._raw[z] = (stamp, int(page.dataoffsets[0]), disk_dtype)
+                    fd = tif.filehandle.fileno()
+                    self._read_rows(fd, page.dataoffsets[0], disk_dtype, y0, y1, x0, x1, out)
+                    # the identity of the file parsed (not of the path's stat above: it may
+                    # have been replaced in between)
+                    self._raw[z] = (_identity(os.fstat(fd)), int(page.dataoffsets[0]), disk_dtype)
                 else:
                     self._raw.pop(z, None)
                     self._read_segments(tif, page, y0, y1, x0, x1, out)
@@ -252,18 +418,20 @@ class TiffStack:
             self.bytes_read += nbytes
 
     def _read_rows(self, fd: int, data_offset: int, disk_dtype: np.dtype, y0, y1, x0, x1, out) -> None:
-        """Uncompressed contiguous image: read whole rows y0..y1 at their offset (``os.pread``
-        on the descriptor ``fd``, so no shared file position)."""
+        """Uncompressed contiguous image: read whole rows y0..y1 at their offset (``os.preadv``
+        on the descriptor ``fd``, so no shared file position; straight into ``out`` when it
+        spans the whole width)."""
         width = self.shape[2]
-        itemsize = self.dtype.itemsize
-        offset = data_offset + y0 * width * itemsize
-        nbytes = (y1 - y0) * width * itemsize
-        data = _pread(fd, nbytes, offset)
-        self._count(len(data))
-        if len(data) != nbytes:
-            raise OSError(f"file truncated: expected {nbytes} bytes at offset {offset}, got {len(data)}")
-        rows = np.frombuffer(data, disk_dtype).reshape(y1 - y0, width)
-        out[...] = rows[:, x0:x1]
+        offset = data_offset + y0 * width * self.dtype.itemsize
+        rows = out if x0 == 0 and x1 == width else np.empty((y1 - y0, width), self.dtype)
+        got = _readinto(fd, rows, offset)
+        self._count(got)
+        if got != rows.nbytes:
+            raise OSError(f"file truncated: expected {rows.nbytes} bytes at offset {offset}, got {got}")
+        if disk_dtype != self.dtype:  # stored with the other byte order
+            rows.byteswap(inplace=True)
+        if rows is not out:
+            out[...] = rows[:, x0:x1]
 
     def _read_segments(self, tif, page, y0, y1, x0, x1, out) -> None:
         """Strips or tiles (compressed or not): read and decode only the ones overlapping the region."""

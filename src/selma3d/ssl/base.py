@@ -31,6 +31,10 @@ class SSLMethod(nn.Module):
 
     #: backbone options the method fixes, over the user's (every method reads one channel)
     backbone_options: ClassVar[dict] = {"in_channels": 1}
+    #: z-depth of the windows the patch sampler draws for this method: None = the whole patch;
+    #: 1 for a 2D method (SimCLR) that learns from one slice: the sampler then reads one slice,
+    #: and the foreground filter judges that slice, not a 3D block around it
+    sample_depth: ClassVar[int | None] = None
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -63,6 +67,14 @@ class SSLMethod(nn.Module):
                 p.requires_grad_(False)
 
     # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def sample_size(cls, patch_size: Sequence[int]) -> tuple[int, int, int]:
+        """The (z, y, x) window the patch sampler draws for a run with ``patch_size``."""
+        patch_size = tuple(int(p) for p in patch_size)
+        if cls.sample_depth is None:
+            return patch_size
+        return (min(int(cls.sample_depth), patch_size[0]),) + patch_size[1:]
+
     @classmethod
     def backbone_model_options(cls, model_options: dict, patch_size: tuple[int, ...], options: dict) -> dict:
         """The user's backbone options completed for this method, which may depend on the crop and

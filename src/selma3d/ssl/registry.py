@@ -126,6 +126,13 @@ def build_method(name: str, *, model: str | None = None, model_options: dict | N
         raise Selma3dError(f"method {name!r}: bad option ({exc})") from None
 
 
+def sample_size(name: str, patch_size: Sequence[int]) -> tuple[int, int, int]:
+    """The (z, y, x) window the patch sampler draws for method ``name`` at ``patch_size``:
+    the patch itself, or one slice of it for a 2D method
+    (:attr:`selma3d.ssl.base.SSLMethod.sample_depth`)."""
+    return method_class(name).sample_size(patch_size)
+
+
 def methods_markdown() -> str:
     """The README's method table (a test keeps the README's copy equal to it)."""
     rows = ["| method | backbones (default first) | objective |", "| --- | --- | --- |"]

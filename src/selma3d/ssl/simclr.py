@@ -1,6 +1,8 @@
 """SimCLR (Chen et al., ICML 2020) on 2D slices, for the 2D Attention U-Net's encoder.
 
-A random z-slice of each sampled patch gives two views: random resized crop, flips, a contrast
+The sampler draws single z-slices (``sample_depth = 1``: a uniformly random z, the foreground
+filter applied to that slice; a 3D batch is still accepted and one random z-slice of each patch
+is taken). Each slice gives two views: random resized crop, flips, a contrast
 enhancement (random gamma, global histogram equalization or CLAHE via scikit-image), Gaussian
 blur and a little noise. The pooled 2D encoder features go through a projection MLP and the
 NT-Xent loss (:func:`selma3d.ssl.losses.nt_xent`) pulls the two views of a slice together and pushes the
@@ -21,6 +23,9 @@ from .views import random_blur, random_contrast, random_flip, random_noise, rand
 
 
 class SimCLR(SSLMethod):
+    #: the sampler reads one slice per sample (the 2D encoder never sees more)
+    sample_depth = 1
+
     def __init__(self, backbone: nn.Module, patch_size: Sequence[int], projection_dim: int = 128,
                  hidden_dim: int = 512, temperature: float = 0.1,
                  crop_scale: tuple[float, float] = (0.3, 1.0)):

@@ -55,6 +55,8 @@ SUMMARY_NAME = "summary.json"
 LR_FLOOR = 0.0
 #: unannotated patches in the fixed batch the health check embeds
 HEALTH_PATCHES = 32
+#: the loss goes to Lightning's progress bar every this many steps (and at the first and last)
+BAR_LOSS_EVERY = 10
 
 
 @dataclass
@@ -143,6 +145,7 @@ class PretrainModule(pl.LightningModule):
         self.run_dir = Path(config.out)
         self.encoder_extra = dict(encoder_extra or {})
         self.history: list[dict] = []
+        self.latest_loss: float | None = None
 
     def setup(self, stage):
         # Each DDP rank draws its own patches (workers add their id to the seed themselves).
@@ -163,7 +166,12 @@ class PretrainModule(pl.LightningModule):
                                f"{self.global_step + 1}; lower --lr or check the data")
         values = {k: float(v) for k, v in logs.items()}
         values["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("loss", loss.detach(), prog_bar=True, batch_size=batch["image"].shape[0])
+        self.latest_loss = values["loss"] if "loss" in values else float(loss.detach())  # for LogProgress
+        step = self.global_step + 1
+        if step % BAR_LOSS_EVERY == 0 or step == 1 or step >= self.trainer.max_steps:
+            # for the terminal's progress bar only (the curves come from self.history): Lightning's
+            # self.log costs ~0.3-0.6 ms, a few % of a small SSL step, so not every step
+            self.log("loss", loss.detach(), prog_bar=True, batch_size=batch["image"].shape[0])
         if self.trainer.is_global_zero:
             self.history.append({"step": self.global_step + 1, **values})
         return loss
@@ -337,6 +345,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     """
     from ..data.sampling import PatchDataset, volumes_from_dataset
     from ..ssl import build_method
+    from ..ssl.registry import sample_size
 
     run_dir = Path(config.out)
     ckpt = run_dir / "checkpoints" / CHECKPOINT_NAME
@@ -359,7 +368,9 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     # the initial weights (a resume overwrites them with the checkpoint's)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     sources = volumes_from_dataset(config.data, config.structures)
-    dataset = PatchDataset(sources, config.patch_size, seed=config.seed, start_step=start_step,
+    # the windows the method learns from: the patch, or one slice of it for a 2D method
+    window = sample_size(config.method, config.patch_size)
+    dataset = PatchDataset(sources, window, seed=config.seed, start_step=start_step,
                            batch_size=config.batch_size, downsample_xy=config.downsample_xy, fg_threshold=config.fg_threshold,
                            fg_fraction=config.fg_fraction, normalization=DEFAULT_NORMALIZATION)
     percentiles = dataset.prepare()
@@ -377,6 +388,7 @@ def run_pretraining(config: PretrainConfig, resume: bool = False,
     encoder_extra = {
         "normalization": DEFAULT_NORMALIZATION.to_dict() | {"per": "volume"},
         "patch_size": list(config.patch_size),
+        "sample_size": list(window),
         "downsample_xy": config.downsample_xy,
         **recorded_spacing(config.data, structures),
         "structures": structures,

@@ -54,7 +54,8 @@ class LogProgress(pl.Callback):
     """A progress line every ``every`` seconds and at the last step: step, rate, ETA, loss.
 
     The rate counts the steps of this process only (a resumed run does not claim the steps it
-    loaded); the loss is the last one the module logged (``trainer.callback_metrics["loss"]``,
+    loaded); the loss is the module's ``latest_loss`` where it keeps one (pretraining: the loss
+    of the step just done), else the last one it logged (``trainer.callback_metrics["loss"]``,
     or ``train_loss``).
     """
 
@@ -68,7 +69,7 @@ class LogProgress(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._start, self._start_step = self.clock(), int(trainer.global_step)
 
-    def line(self, trainer) -> str:
+    def line(self, trainer, pl_module=None) -> str:
         step, total = int(trainer.global_step), int(trainer.max_steps)
         elapsed = self.clock() - (self.clock() if self._start is None else self._start)
         done_here = step - self._start_step
@@ -76,8 +77,10 @@ class LogProgress(pl.Callback):
         eta = (total - step) / rate if rate else None
         parts = [f"[{self.what}] step {step}/{total} ({100 * step / max(total, 1):.0f} %)",
                  f"{rate:.2f} steps/s" if rate else "? steps/s", f"ETA {format_duration(eta)}"]
-        metrics = trainer.callback_metrics
-        loss = metrics.get("loss", metrics.get("train_loss"))
+        loss = getattr(pl_module, "latest_loss", None)
+        if loss is None:
+            metrics = trainer.callback_metrics
+            loss = metrics.get("loss", metrics.get("train_loss"))
         if loss is not None:
             parts.append(f"loss {float(loss):.4f}")
         return " · ".join(parts)
@@ -89,7 +92,7 @@ class LogProgress(pl.Callback):
         last_step = trainer.global_step >= trainer.max_steps
         if now - self._last >= self.every or last_step:
             self._last = now
-            print(self.line(trainer), file=self.stream or sys.stdout, flush=True)
+            print(self.line(trainer, pl_module), file=self.stream or sys.stdout, flush=True)
 
 
 def progress_display(enabled: bool, what: str, stream: TextIO | None = None) -> tuple[bool, list[pl.Callback]]:
